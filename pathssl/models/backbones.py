@@ -1,0 +1,168 @@
+"""Backbones by name: torchvision ResNet trunks and Vision Transformers.
+
+Every backbone is an ``nn.Module`` with an ``embed_dim`` attribute whose ``forward(x)`` maps
+images ``(B, 3, H, W)`` to pooled features ``(B, embed_dim)`` and whose ``forward_features(x)``
+gives the dense output (a ``(B, C, H/32, W/32)`` map for ResNets, ``(B, 1 + N, D)`` tokens for
+ViTs, class token first).
+
+The backbones *are* torchvision models (subclasses) with the classifier removed, so their
+``state_dict()`` keeps torchvision's parameter names. A trunk saved by pathssl loads into a plain
+torchvision model with no pathssl code::
+
+    m = torchvision.models.resnet50()
+    m.load_state_dict(sd, strict=False)  # missing: fc.weight, fc.bias only
+
+No pretrained weights are downloaded.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+from torchvision.models.vision_transformer import VisionTransformer
+
+from pathssl.registry import Registry
+
+BACKBONES: Registry = Registry("backbone")
+
+
+class ResNetBackbone(ResNet):
+    """torchvision ResNet without ``fc``; ``forward`` returns globally pooled features."""
+
+    def __init__(self, block: type[BasicBlock | Bottleneck], layers: list[int]) -> None:
+        super().__init__(block, layers)
+        self.embed_dim: int = 512 * block.expansion
+        self.fc = nn.Identity()  # no parameters: state_dict keys stay fc-free
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``(B, 3, H, W) -> (B, embed_dim, H/32, W/32)`` feature map (before pooling)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, 3, H, W) -> (B, embed_dim)``; any input size (adaptive pooling)."""
+        return torch.flatten(self.avgpool(self.forward_features(x)), 1)
+
+
+class ViTBackbone(VisionTransformer):
+    """torchvision ``VisionTransformer`` without ``heads``; ``forward`` returns the class token.
+
+    Unlike torchvision's, it accepts any input size divisible by ``patch_size``: the patch
+    position embeddings are bicubically interpolated to the token grid (multi-crop).
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        patch_size: int,
+        depth: int,
+        num_heads: int,
+        hidden_dim: int,
+        mlp_dim: int,
+    ) -> None:
+        super().__init__(image_size, patch_size, depth, num_heads, hidden_dim, mlp_dim)
+        self.embed_dim: int = hidden_dim
+        self.heads = nn.Identity()
+        self.grid_size = image_size // patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size**2
+
+    def pos_embed(self, grid_h: int, grid_w: int) -> Tensor:
+        """Position embeddings ``(1, 1 + grid_h * grid_w, D)`` for a ``grid_h x grid_w`` grid."""
+        pos = self.encoder.pos_embedding
+        if grid_h == grid_w == self.grid_size:
+            return pos
+        cls_pos, patch_pos = pos[:, :1], pos[:, 1:]
+        g = self.grid_size
+        patch_pos = patch_pos.reshape(1, g, g, -1).permute(0, 3, 1, 2)
+        patch_pos = F.interpolate(
+            patch_pos, size=(grid_h, grid_w), mode="bicubic", align_corners=False
+        )
+        patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, -1)
+        return torch.cat([cls_pos, patch_pos], dim=1)
+
+    def patch_embed(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(B, 3, H, W)`` -> patch tokens ``(B, N, D)`` and their position embeddings
+        ``(1, 1 + N, D)`` (class-token position first). No position added yet."""
+        p = self.patch_size
+        if x.shape[-2] % p or x.shape[-1] % p:
+            raise ValueError(f"input {tuple(x.shape[-2:])} is not divisible by patch {p}")
+        tokens = self.conv_proj(x)  # (B, D, h, w)
+        gh, gw = tokens.shape[-2:]
+        return tokens.flatten(2).transpose(1, 2), self.pos_embed(gh, gw)
+
+    def encode(self, tokens: Tensor, pos: Tensor) -> Tensor:
+        """Prepend the class token, add ``pos`` ``(1 or B, 1 + N, D)``, run the encoder."""
+        cls = self.class_token.expand(tokens.shape[0], -1, -1)
+        x = torch.cat([cls, tokens], dim=1) + pos
+        return self.encoder.ln(self.encoder.layers(self.encoder.dropout(x)))
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``(B, 3, H, W) -> (B, 1 + N, D)`` normalised tokens, class token first."""
+        tokens, pos = self.patch_embed(x)
+        return self.encode(tokens, pos)
+
+    def forward_masked(self, x: Tensor, ids_keep: Tensor) -> Tensor:
+        """Encode only the patches ``ids_keep`` ``(B, K)`` (MAE): returns ``(B, 1 + K, D)``."""
+        tokens, pos = self.patch_embed(x)
+        d = tokens.shape[-1]
+        idx = ids_keep.unsqueeze(-1).expand(-1, -1, d)
+        kept = torch.gather(tokens, 1, idx)
+        kept_pos = torch.gather(pos[:, 1:].expand(tokens.shape[0], -1, -1), 1, idx)
+        cls = self.class_token.expand(tokens.shape[0], -1, -1) + pos[:, :1]
+        x = torch.cat([cls, kept + kept_pos], dim=1)
+        return self.encoder.ln(self.encoder.layers(self.encoder.dropout(x)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, 3, H, W) -> (B, embed_dim)`` class token."""
+        return self.forward_features(x)[:, 0]
+
+
+Backbone = ResNetBackbone | ViTBackbone
+
+
+@BACKBONES.register("resnet18")
+def resnet18() -> ResNetBackbone:
+    """ResNet-18 trunk, ``embed_dim`` 512."""
+    return ResNetBackbone(BasicBlock, [2, 2, 2, 2])
+
+
+@BACKBONES.register("resnet50")
+def resnet50() -> ResNetBackbone:
+    """ResNet-50 trunk, ``embed_dim`` 2048."""
+    return ResNetBackbone(Bottleneck, [3, 4, 6, 3])
+
+
+@BACKBONES.register("vit_small_patch16")
+def vit_small_patch16(image_size: int = 224) -> ViTBackbone:
+    """ViT-S/16 (Touvron et al. 2021 size): hidden 384, 6 heads, depth 12, MLP 1536."""
+    return ViTBackbone(image_size, 16, depth=12, num_heads=6, hidden_dim=384, mlp_dim=1536)
+
+
+@BACKBONES.register("vit_base_patch16")
+def vit_base_patch16(image_size: int = 224) -> ViTBackbone:
+    """ViT-B/16 (Dosovitskiy et al. 2021): hidden 768, 12 heads, depth 12, MLP 3072."""
+    return ViTBackbone(image_size, 16, depth=12, num_heads=12, hidden_dim=768, mlp_dim=3072)
+
+
+@BACKBONES.register("vit_tiny")
+def vit_tiny(image_size: int = 64, patch_size: int = 16) -> ViTBackbone:
+    """A test-size ViT: depth 2, hidden 64, 2 heads, MLP 128."""
+    return ViTBackbone(image_size, patch_size, depth=2, num_heads=2, hidden_dim=64, mlp_dim=128)
+
+
+def build_backbone(name: str, **kwargs: object) -> ResNetBackbone | ViTBackbone:
+    """Build a registered backbone by name (``BACKBONES.names()`` lists them)."""
+    model = BACKBONES.build(name, **kwargs)
+    assert isinstance(model, ResNetBackbone | ViTBackbone)
+    return model
+
+
+def trunk_state_dict(backbone: nn.Module) -> dict[str, Tensor]:
+    """The backbone's weights under torchvision's names (a copy, on CPU)."""
+    return {k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()}

@@ -1,0 +1,17 @@
+"""Self-supervised methods. Importing this package registers every method in ``METHODS``."""
+
+from pathssl.ssl import barlow, byol, dino, mae, maskfeat, moco, simclr, swav
+from pathssl.ssl.base import METHODS, SSLMethod
+
+__all__ = [
+    "METHODS",
+    "SSLMethod",
+    "barlow",
+    "byol",
+    "dino",
+    "mae",
+    "maskfeat",
+    "moco",
+    "simclr",
+    "swav",
+]

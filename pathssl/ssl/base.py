@@ -1,0 +1,140 @@
+"""The common interface every SSL method implements, and shared helpers (EMA, schedules).
+
+A method is an ``nn.Module`` that owns its backbone, heads, target networks and loss. A generic
+training loop drives every method the same way::
+
+    method = METHODS.build("simclr", backbone=build_backbone("resnet18"))
+    opt = torch.optim.AdamW(method.param_groups(weight_decay=0.05), lr=1e-3)
+    for step in range(max_steps):
+        views = [...]                      # method.n_global_views + method.n_local_views tensors
+        out = method(views)                # {"loss": scalar with grad, other logs: detached}
+        opt.zero_grad(); out["loss"].backward()
+        method.on_after_backward(step)     # gradient surgery (frozen prototypes / last layer)
+        opt.step()
+        method.on_step_end(step, max_steps)  # EMA / momentum / queue updates
+    torch.save(method.state_dict(), ...)  # queues, centres, step counter are buffers: exact resume
+    trunk = method.export_backbone()       # torchvision-named weights
+
+Views: ``views[:n_global_views]`` are the global crops ``(B, 3, H, W)``; the rest (multi-crop)
+are smaller local crops ``(B, 3, h, w)``, all with the same ``B``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, ClassVar, TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pathssl.models.backbones import ResNetBackbone, ViTBackbone
+from pathssl.registry import Registry
+
+METHODS: Registry = Registry("ssl method")
+M = TypeVar("M", bound=nn.Module)
+
+
+class SSLMethod(nn.Module):
+    """Base class: see the module docstring for the interface."""
+
+    #: the method only works with a ViT backbone (masked image modelling)
+    vit_only: ClassVar[bool] = False
+    global_step: Tensor
+
+    def __init__(self, backbone: ResNetBackbone | ViTBackbone) -> None:
+        super().__init__()
+        if self.vit_only and not isinstance(backbone, ViTBackbone):
+            raise TypeError(f"{type(self).__name__} needs a ViT backbone, got {type(backbone)}")
+        self.backbone = backbone
+        self.embed_dim: int = backbone.embed_dim
+        self.n_global_views = 2
+        self.n_local_views = 0
+        # optimisation steps completed; a buffer so state_dict() carries it for exact resume
+        self.register_buffer("global_step", torch.zeros((), dtype=torch.long))
+
+    def forward(self, views: list[Tensor]) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def on_after_backward(self, step: int) -> None:
+        """Called between ``backward()`` and ``optimizer.step()``; default: nothing."""
+
+    def on_step_end(self, step: int, max_steps: int) -> None:
+        """Called after ``optimizer.step()`` of step ``step`` (0-based) out of ``max_steps``."""
+        self.global_step.fill_(step + 1)
+
+    def export_backbone(self) -> nn.Module:
+        """The encoder to keep after pretraining (the teacher / target where the paper does)."""
+        return self.backbone
+
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """Trainable parameters in two groups: weights with ``weight_decay``, and biases, norm
+        parameters, class/mask tokens and position embeddings without it."""
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            leaf = name.rsplit(".", 1)[-1]
+            if p.ndim <= 1 or leaf in {"class_token", "pos_embedding", "mask_token"}:
+                no_decay.append(p)
+            else:
+                decay.append(p)
+        return [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+
+    def check_views(self, views: list[Tensor], minimum: int) -> None:
+        if len(views) < minimum:
+            raise ValueError(f"{type(self).__name__} needs >= {minimum} views, got {len(views)}")
+
+
+def multi_crop_apply(fn: Any, views: list[Tensor]) -> list[Tensor]:
+    """Run ``fn`` once per run of consecutive same-size views (concatenated along the batch)
+    and split the output back into one tensor per view."""
+    out: list[Tensor] = []
+    i = 0
+    while i < len(views):
+        j = i
+        while j < len(views) and views[j].shape[-2:] == views[i].shape[-2:]:
+            j += 1
+        y = fn(torch.cat(views[i:j]))
+        out.extend(y.chunk(j - i))
+        i = j
+    return out
+
+
+def cosine_schedule(step: int, max_steps: int, start: float, end: float) -> float:
+    """``end - (end - start) * (cos(pi * step / max_steps) + 1) / 2``: ``start`` at step 0,
+    ``end`` at ``max_steps`` (BYOL's target momentum, DINO's teacher momentum)."""
+    t = min(max(step / max(max_steps, 1), 0.0), 1.0)
+    return end - (end - start) * (math.cos(math.pi * t) + 1) / 2
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    """``target = momentum * target + (1 - momentum) * online`` for parameters; buffers (BN
+    running statistics) are copied."""
+    t_params: list[Tensor] = list(target.parameters())
+    o_params: list[Tensor] = [p.detach() for p in online.parameters()]
+    torch._foreach_mul_(t_params, momentum)
+    torch._foreach_add_(t_params, o_params, alpha=1 - momentum)
+    for tb, ob in zip(target.buffers(), online.buffers(), strict=True):
+        tb.copy_(ob)
+
+
+def make_target(online: M) -> M:
+    """A frozen deep copy of ``online`` (EMA target / teacher / momentum encoder)."""
+    target = copy.deepcopy(online)
+    for p in target.parameters():
+        p.requires_grad_(False)
+    return target
+
+
+@torch.no_grad()
+def collapse_std(z: Tensor) -> Tensor:
+    """Std over the batch of L2-normalised embeddings ``(B, D)``, mean over dims, times
+    ``sqrt(D)``: ~1 for well-spread embeddings, 0 for a collapsed encoder."""
+    z = F.normalize(z.detach().float(), dim=-1)
+    return z.std(dim=0).mean() * math.sqrt(z.shape[-1])

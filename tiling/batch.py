@@ -1,0 +1,358 @@
+"""Tiling a batch of slides: locks, resume, worker processes, manifest, report.
+
+Guarantees:
+
+* one bad slide never stops the batch: it gets status ``failed`` with the reason;
+* a store appears under its final name only when complete (temp folder + rename);
+* a rerun skips complete stores whose slide fingerprint and options match, and redoes the rest
+  (so ``kill -9`` at any moment, then a rerun, gives the same stores as one uninterrupted run);
+* two runs on the same output never write the same slide at once (per-slide file lock).
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import io
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from filelock import FileLock, Timeout
+
+from tiling.discover import SlideInput, discover_slides, fingerprint
+from tiling.errors import SlideError, TilingError
+from tiling.pipeline import (
+    QC_NAMES,
+    SlidePlan,
+    TileOptions,
+    finish_slide,
+    plan_slide,
+    split_jobs,
+    start_store,
+    tile_job,
+)
+from tiling.store import read_attrs, remove_tree
+
+MANIFEST_COLUMNS = ["slide", "status", "n_tiles", "mpp", "mpp_source", "seconds", "error"]
+
+
+@dataclass
+class SlideResult:
+    """One manifest row. status: ok | failed | no_tissue | skipped."""
+
+    slide: str
+    slide_id: str
+    status: str
+    n_tiles: int = 0
+    mpp: float | None = None
+    mpp_source: str = ""
+    seconds: float = 0.0
+    error: str = ""
+    store: str = ""
+    overview: str = ""
+
+    def row(self) -> dict[str, Any]:
+        mpp = "" if self.mpp is None else f"{self.mpp:.6g}"
+        return {
+            "slide": self.slide,
+            "status": self.status,
+            "n_tiles": self.n_tiles,
+            "mpp": mpp,
+            "mpp_source": self.mpp_source,
+            "seconds": f"{self.seconds:.2f}",
+            "error": self.error,
+            "slide_id": self.slide_id,
+        }
+
+
+@dataclass
+class _Active:
+    plan: SlidePlan
+    result: SlideResult
+    lock: FileLock
+    started: float
+    writer: Any
+    pending: int
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
+    failed: str = ""
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_manifest(out: Path, results: Sequence[SlideResult]) -> Path:
+    """``<out>/manifest.csv``: one row per input slide (written atomically)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=[*MANIFEST_COLUMNS, "slide_id"], lineterminator="\n")
+    writer.writeheader()
+    for r in results:
+        writer.writerow(r.row())
+    path = out / "manifest.csv"
+    _write_text_atomic(path, buf.getvalue())
+    return path
+
+
+def _reusable(final: Path, inp: SlideInput, opts: TileOptions) -> dict[str, Any] | None:
+    attrs = read_attrs(final)
+    if not attrs or not attrs.get("complete"):
+        return None
+    if attrs.get("options") != opts.signature():
+        return None
+    if attrs.get("slide", {}).get("fingerprint") != fingerprint(inp.files):
+        return None
+    return attrs
+
+
+def _error_text(exc: BaseException, where: str) -> str:
+    if isinstance(exc, SlideError):
+        return exc.reason
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return f"disk full while writing {where}; nothing was kept for this slide"
+    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"permission denied writing {where}; nothing was kept for this slide"
+    text = str(exc).replace("\n", " ").strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _prepare_out(out: Path) -> None:
+    try:
+        for sub in ("", ".locks", ".tmp", "overviews"):
+            (out / sub).mkdir(parents=True, exist_ok=True)
+        probe = out / ".tmp" / f".probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise TilingError(f"cannot write to output folder {out}: {exc.strerror or exc}") from None
+
+
+class _InlineExecutor(Executor):
+    """Runs jobs at once in this process (``workers=1``), with per-band progress."""
+
+    def __init__(self, progress: Callable[[int], None] | None) -> None:
+        self.progress = progress
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        fut: Future[Any] = Future()
+        try:
+            fut.set_result(fn(*args, progress=self.progress, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller via the future
+            fut.set_exception(exc)
+        return fut
+
+
+def tile_slides(
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    options: TileOptions | None = None,
+    *,
+    workers: int = 1,
+    shard: tuple[int, int] | None = None,
+    progress: bool = True,
+    report: bool = True,
+    **overrides: Any,
+) -> list[SlideResult]:
+    """Tile every slide in ``inputs`` (files or folders) into ``<out>/<slide_id>.zarr``.
+
+    ``options`` (or keyword overrides such as ``mpp=0.5, size=224``) set the tiling;
+    ``workers`` processes cut tiles (across slides, and within large slides); ``shard=(i, n)``
+    takes every n-th slide starting at i (0-based) for cluster array jobs. Writes
+    ``<out>/manifest.csv`` and ``<out>/report.html`` and returns one result per slide.
+    """
+    opts = replace(options or TileOptions(), **overrides)
+    opts.validate()
+    out = Path(out)
+    slides, _ignored = discover_slides(list(inputs))
+    if shard is not None:
+        index, count = shard
+        if not (count >= 1 and 0 <= index < count):
+            raise TilingError(f"--shard {index}/{count}: need 0 <= i < N")
+        slides = slides[index::count]
+    _prepare_out(out)
+    from tqdm import tqdm
+
+    bar_slides = tqdm(total=len(slides), desc="slides", unit="slide", disable=not progress)
+    bar_tiles = tqdm(desc="tiles", unit="tile", disable=not progress, smoothing=0.1)
+    results: dict[str, SlideResult] = {}
+    order = [s.slide_id for s in slides]
+    executor: Executor
+    if workers > 1:
+        import multiprocessing as mp
+
+        executor = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+    else:
+        executor = _InlineExecutor(bar_tiles.update)
+    active: dict[str, _Active] = {}
+    futures: dict[Future[Any], str] = {}
+
+    def done(res: SlideResult) -> None:
+        results[res.slide_id] = res
+        bar_slides.update(1)
+        write_manifest(out, [results[i] for i in order if i in results])
+
+    def finish(state: _Active) -> None:
+        res = state.result
+        final = out / f"{res.slide_id}.zarr"
+        try:
+            if state.failed:
+                raise RuntimeError(state.failed)
+            finish_slide(state.plan, state.writer, state.scores, final)
+            res.store = str(final)
+        except BaseException as exc:
+            remove_tree(Path(state.plan.tmp))
+            res.status, res.error = "failed", state.failed or _error_text(exc, str(final))
+            res.n_tiles = 0
+        finally:
+            state.lock.release()
+        if res.store:
+            try:  # a picture that cannot be drawn never fails a slide whose store is written
+                res.overview = _overview(out, state.plan, report)
+            except Exception as exc:
+                res.error = f"overview not drawn: {_error_text(exc, 'overview')}"
+        res.seconds = time.perf_counter() - state.started
+        done(res)
+
+    def start(inp: SlideInput, lock: FileLock) -> None:
+        t0 = time.perf_counter()
+        res = SlideResult(slide=str(inp.path), slide_id=inp.slide_id, status="ok")
+        final = out / f"{inp.slide_id}.zarr"
+        for stale in (out / ".tmp").glob(f"{inp.slide_id}.*.zarr"):
+            remove_tree(stale)  # left by a killed run: we hold the lock, so nobody writes it
+        attrs = _reusable(final, inp, opts)
+        if attrs is not None:
+            lock.release()
+            res.status, res.n_tiles = "skipped", int(attrs["tile"].get("n_tiles", 0))
+            res.mpp, res.mpp_source = attrs["mpp"]["slide"], attrs["mpp"]["source"]
+            res.store, res.overview = str(final), _overview_path(out, inp.slide_id, report)
+            res.seconds = time.perf_counter() - t0
+            done(res)
+            return
+        tmp = out / ".tmp" / f"{inp.slide_id}.{os.getpid()}.zarr"
+        try:
+            plan = plan_slide(inp, opts, tmp)
+            plan.attrs["tile"]["n_tiles"] = plan.n_tiles
+            res.mpp, res.mpp_source = plan.attrs["mpp"]["slide"], plan.attrs["mpp"]["source"]
+            res.n_tiles = plan.n_tiles
+            if plan.n_tiles == 0:
+                res.status = "no_tissue"
+                res.error = plan.attrs.get("note", "no tissue found")
+            writer = start_store(plan)
+        except Exception as exc:
+            remove_tree(tmp)
+            lock.release()
+            res.status, res.error = "failed", _error_text(exc, str(tmp))
+            res.seconds = time.perf_counter() - t0
+            done(res)
+            return
+        jobs = split_jobs(plan.n_tiles, workers)
+        state = _Active(plan, res, lock, t0, writer, len(jobs))
+        state.scores = {k: np.zeros(plan.n_tiles, np.float32) for k in QC_NAMES}
+        active[inp.slide_id] = state
+        if not jobs:
+            finish(active.pop(inp.slide_id))
+            return
+        for a, b in jobs:
+            futures[executor.submit(tile_job, plan, a, b)] = inp.slide_id
+
+    def collect(fut: Future[Any]) -> None:
+        sid = futures.pop(fut)
+        state = active[sid]
+        try:
+            a, scores = fut.result()
+            for k, v in scores.items():
+                state.scores[k][a : a + v.size] = v
+            if workers > 1:
+                bar_tiles.update(int(next(iter(scores.values())).size))
+        except Exception as exc:
+            state.failed = state.failed or _error_text(exc, str(state.plan.tmp))
+        state.pending -= 1
+        if state.pending == 0:
+            finish(active.pop(sid))
+
+    try:
+        queue = list(slides)
+        deferred: list[SlideInput] = []
+        blocking = False
+        while queue or futures:
+            while queue and len(futures) < max(2, 2 * workers):
+                inp = queue.pop(0)
+                lock = FileLock(str(out / ".locks" / f"{inp.slide_id}.lock"))
+                try:
+                    lock.acquire(timeout=-1 if blocking else 0)
+                except Timeout:
+                    deferred.append(inp)  # another run has it: come back at the end
+                    continue
+                start(inp, lock)
+            if futures:
+                finished, _ = wait(list(futures), return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    collect(fut)
+            if not queue and not futures and deferred:
+                queue, deferred, blocking = deferred, [], True
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+        bar_tiles.close()
+        bar_slides.close()
+    ordered = [results[i] for i in order if i in results]
+    write_manifest(out, ordered)
+    if report:
+        from tiling.report import write_report
+
+        write_report(out, [{**r.row(), "overview": r.overview} for r in ordered])
+    return ordered
+
+
+def _overview_path(out: Path, slide_id: str, enabled: bool) -> str:
+    p = out / "overviews" / f"{slide_id}.png"
+    return str(p.relative_to(out)) if enabled and p.exists() else ""
+
+
+def _overview(out: Path, plan: SlidePlan, enabled: bool) -> str:
+    if not enabled:
+        return ""
+    from tiling.report import render_overview
+
+    coords = plan.grid.level0_coords(plan.rows, plan.cols)
+    target = out / "overviews" / f"{plan.slide_id}.png"
+    render_overview(
+        plan.thumbnail,
+        plan.tissue_mask,
+        coords,
+        plan.grid.size * plan.grid.level0_per_tile_px,
+        tuple(plan.attrs["slide"]["level0_dims"]),
+        plan.mask_tissue,
+        target,
+        title=f"{plan.slide_id}: {plan.n_tiles} tiles at {plan.attrs['mpp']['tile']:.3g} um/px",
+        score_name="tissue",
+    )
+    return str(target.relative_to(out))
+
+
+def summarize(results: Sequence[SlideResult], stream: Any = sys.stdout) -> int:
+    """Print a summary; return the exit code (1 if any slide failed)."""
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    tiles = sum(r.n_tiles for r in results)
+    order = ["ok", "failed", "no_tissue", "skipped"]
+    keys = order + sorted(set(counts) - set(order))
+    parts = ", ".join(f"{counts[s]} {s}" for s in keys if counts.get(s))
+    print(f"{len(results)} slides ({parts or 'none'}); {tiles} tiles", file=stream)
+    for r in results:
+        if r.status == "failed":
+            print(f"  FAILED {r.slide}: {r.error}", file=stream)
+    return 1 if counts.get("failed") else 0
+
+
+def tile_slide(path: str | Path, out: str | Path, **kwargs: Any) -> SlideResult:
+    """Tile one slide (see :func:`tile_slides`)."""
+    return tile_slides([path], out, **kwargs)[0]

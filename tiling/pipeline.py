@@ -1,0 +1,301 @@
+"""Tiling one slide: plan (resolution, level, tissue, grid), tile jobs, and finishing the store.
+
+A slide is planned in the calling process (cheap: a ~8 um/px thumbnail), then its kept tiles
+are cut in jobs (ranges of tile indices) that any process can run: a job reads bands of up to
+``band_tiles`` neighbouring tiles, computes their QC scores in one vectorised call, encodes each
+tile once and writes it to its own chunk file. :func:`finish_slide` then writes coords, QC,
+thumbnail, mask and attributes and renames the store into place.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from tiling import __version__
+from tiling.codec import FORMATS, encode_tile
+from tiling.discover import SlideInput, fingerprint
+from tiling.errors import ConfigError
+from tiling.grid import Grid, make_grid, mask_fractions, stream_thumbnail, thumbnail_factor
+from tiling.readers import make_reader
+from tiling.slide import choose_level, open_slide, resolve_mpp
+from tiling.store import StoreWriter, chunk_path, commit
+
+QC_NAMES = ("tissue", "pen", "blur", "white")
+
+
+@dataclass(frozen=True)
+class TileOptions:
+    """How slides are tiled (every ``pathssl tile`` option that changes the output).
+
+    ``mpp``: target micrometres per pixel of the tiles (ignored when ``magnification`` is set:
+    then mpp = 10 / magnification). ``size``/``overlap`` in tile pixels. ``min_tissue``: keep a
+    tile when at least this fraction of its footprint is tissue. ``assume_mpp``: level-0 mpp for
+    slides that record none. ``codec``: jpeg | png | zstd (the last two lossless).
+    """
+
+    mpp: float = 0.5
+    magnification: float | None = None
+    size: int = 224
+    overlap: int = 0
+    min_tissue: float = 0.5
+    assume_mpp: float | None = None
+    codec: str = "jpeg"
+    quality: int = 90
+    subsampling: str = "420"
+    mask_mpp: float = 8.0
+    max_upsample: float = 1.10
+    fast_reader: bool = True
+    band_tiles: int = 16
+
+    @property
+    def target_mpp(self) -> float:
+        return 10.0 / self.magnification if self.magnification else self.mpp
+
+    def validate(self) -> None:
+        if self.magnification is not None and self.magnification <= 0:
+            raise ConfigError(f"--magnification must be > 0, got {self.magnification}")
+        if not self.target_mpp > 0:
+            raise ConfigError(f"--mpp must be > 0, got {self.mpp}")
+        if self.size < 8:
+            raise ConfigError(f"--size must be >= 8 px, got {self.size}")
+        if not 0 <= self.overlap < self.size:
+            raise ConfigError(f"--overlap must be in [0, size), got {self.overlap}")
+        if not 0 <= self.min_tissue <= 1:
+            raise ConfigError(f"--min-tissue must be in [0, 1], got {self.min_tissue}")
+        if self.codec not in FORMATS:
+            raise ConfigError(f"--codec must be one of {FORMATS}, got {self.codec!r}")
+        if self.subsampling not in ("420", "422", "444"):
+            raise ConfigError(f"JPEG subsampling must be 420, 422 or 444, not {self.subsampling}")
+        if not 1 <= self.quality <= 100:
+            raise ConfigError(f"--quality must be in [1, 100], got {self.quality}")
+
+    def signature(self) -> dict[str, Any]:
+        """The options that define a store's content (a store is reused only if they match)."""
+        keys = ("size", "overlap", "min_tissue", "codec", "quality", "subsampling", "mask_mpp")
+        return {"target_mpp": self.target_mpp, **{k: getattr(self, k) for k in keys}}
+
+
+@dataclass
+class SlidePlan:
+    """Everything a tile job needs (picklable) plus what finishing the store needs."""
+
+    path: str
+    slide_id: str
+    level: int
+    grid: Grid
+    tmp: str
+    codec: str
+    quality: int
+    subsampling: str
+    saturation_threshold: float
+    fast_reader: bool
+    band_tiles: int
+    rows: np.ndarray  # (N,) grid row of each kept tile, row-major order
+    cols: np.ndarray  # (N,)
+    mask_tissue: np.ndarray  # (N,) float32 tissue fraction of the footprint (selection score)
+    thumbnail: np.ndarray
+    tissue_mask: np.ndarray
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_tiles(self) -> int:
+        return int(self.rows.size)
+
+
+def plan_slide(inp: SlideInput, opts: TileOptions, tmp: Path) -> SlidePlan:
+    """Open the slide, resolve its mpp, pick the level, find tissue and the tiles to keep."""
+    from tiling import qc
+
+    slide = open_slide(inp.path)
+    try:
+        props = dict(slide.properties)
+        res = resolve_mpp(inp.path.name, props, opts.assume_mpp)
+        choice = choose_level(
+            inp.path.name,
+            res.mpp,
+            tuple(slide.level_downsamples),
+            opts.target_mpp,
+            max_upsample=opts.max_upsample,
+        )
+        # thumbnail from the coarsest level at or finer than mask_mpp
+        t_level = 0
+        for lv, ds in enumerate(slide.level_downsamples):
+            if res.mpp * ds <= opts.mask_mpp:
+                t_level = lv
+        t_ds = float(slide.level_downsamples[t_level])
+        factor = thumbnail_factor(res.mpp * t_ds, opts.mask_mpp)
+        reader = make_reader(inp.path, slide, t_level, fast=opts.fast_reader)
+        try:
+            thumb = stream_thumbnail(reader, factor)
+        finally:
+            reader.close()
+        thumb_mpp = res.mpp * t_ds * factor
+        mask, tissue_params = qc.tissue_mask(thumb, thumb_mpp)
+        dims = (int(slide.dimensions[0]), int(slide.dimensions[1]))
+        grid = make_grid(dims, choice.downsample, choice.scale, opts.size, opts.overlap)
+        frac = mask_fractions(mask, grid, t_ds * factor)
+        rows, cols = np.nonzero(frac >= opts.min_tissue)
+        attrs = {
+            "slide": {
+                "id": inp.slide_id,
+                "path": str(inp.path.resolve()),
+                "name": inp.path.name,
+                "bytes": sum(f.stat().st_size for f in inp.files),
+                "vendor": props.get("openslide.vendor", "unknown"),
+                "level0_dims": list(dims),
+                "level_downsamples": [float(d) for d in slide.level_downsamples],
+                "fingerprint": fingerprint(inp.files),
+            },
+            "mpp": {
+                "slide": res.mpp,
+                "source": res.source,
+                "target": opts.target_mpp,
+                "tile": choice.tile_mpp,
+            },
+            "tile": {
+                "size": opts.size,
+                "overlap": opts.overlap,
+                "stride": grid.stride,
+                "read_level": choice.level,
+                "downsample": choice.downsample,
+                "scale": choice.scale,
+                "level0_size": opts.size * grid.level0_per_tile_px,
+                "codec": opts.codec,
+                "quality": opts.quality if opts.codec == "jpeg" else None,
+                "subsampling": opts.subsampling if opts.codec == "jpeg" else None,
+                "grid": [grid.rows, grid.cols],
+                "min_tissue": opts.min_tissue,
+            },
+            "tissue": {
+                **tissue_params,
+                "mask_mpp": thumb_mpp,
+                "mask_downsample": t_ds * factor,
+                "fraction": float(mask.mean()) if mask.size else 0.0,
+            },
+            "thumbnail": {"mpp": thumb_mpp, "downsample": t_ds * factor, "level": t_level},
+            "options": opts.signature(),
+            "pathssl_version": __version__,
+        }
+        if grid.rows == 0 or grid.cols == 0:
+            attrs["note"] = (
+                f"slide ({dims[0]} x {dims[1]} px at {res.mpp:g} um/px) is smaller than one "
+                f"{opts.size} px tile at {choice.tile_mpp:g} um/px"
+            )
+        return SlidePlan(
+            path=str(inp.path),
+            slide_id=inp.slide_id,
+            level=choice.level,
+            grid=grid,
+            tmp=str(tmp),
+            codec=opts.codec,
+            quality=opts.quality,
+            subsampling=opts.subsampling,
+            saturation_threshold=float(tissue_params.get("threshold", 20)),
+            fast_reader=opts.fast_reader,
+            band_tiles=opts.band_tiles,
+            rows=rows.astype(np.int64),
+            cols=cols.astype(np.int64),
+            mask_tissue=frac[rows, cols].astype(np.float32),
+            thumbnail=thumb,
+            tissue_mask=mask,
+            attrs=attrs,
+        )
+    finally:
+        slide.close()
+
+
+def _band(reader: Any, grid: Grid, row: int, col: int, n: int) -> np.ndarray:
+    """``n`` neighbouring tiles of one grid row -> (n, S, S, 3) uint8, read as one band."""
+    s, side = grid.size, grid.level_size
+    xs = grid.level_x(np.arange(col, col + n))
+    y = int(grid.level_x(row))
+    band = reader.read(int(xs[0]), y, int(xs[-1] - xs[0]) + side, side)
+    if grid.scale == 1.0 and grid.stride == s:
+        return band.reshape(s, n, s, 3).transpose(1, 0, 2, 3).copy()
+    out = np.empty((n, s, s, 3), np.uint8)
+    interp = cv2.INTER_AREA if grid.scale > 1 else cv2.INTER_LINEAR
+    for k, x in enumerate(xs - xs[0]):
+        crop = band[:, x : x + side]
+        out[k] = crop if side == s else cv2.resize(crop, (s, s), interpolation=interp)
+    return out
+
+
+def tile_job(
+    plan: SlidePlan,
+    start: int,
+    stop: int,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[int, dict[str, np.ndarray]]:
+    """Cut, score, encode and write tiles ``start:stop`` of a plan; returns (start, QC scores)."""
+    from tiling import qc
+
+    slide = open_slide(plan.path)
+    reader = make_reader(plan.path, slide, plan.level, fast=plan.fast_reader)
+    scores = {name: np.zeros(stop - start, np.float32) for name in QC_NAMES}
+    store = Path(plan.tmp)
+    rows, cols = plan.rows, plan.cols
+    try:
+        i = start
+        while i < stop:
+            j = i + 1
+            while (
+                j < stop
+                and j - i < plan.band_tiles
+                and rows[j] == rows[i]
+                and cols[j] == cols[j - 1] + 1
+            ):
+                j += 1
+            tiles = _band(reader, plan.grid, int(rows[i]), int(cols[i]), j - i)
+            band_scores = qc.tile_qc(tiles, saturation_threshold=plan.saturation_threshold)
+            for name in QC_NAMES:
+                scores[name][i - start : j - start] = band_scores[name]
+            for k in range(j - i):
+                data = encode_tile(tiles[k], plan.codec, plan.quality, plan.subsampling)
+                with open(chunk_path(store, i + k), "wb") as fh:
+                    fh.write(data)
+            if progress is not None:
+                progress(j - i)
+            i = j
+    finally:
+        reader.close()
+        slide.close()
+    return start, scores
+
+
+def split_jobs(n: int, workers: int, min_tiles: int = 256) -> list[tuple[int, int]]:
+    """Index ranges covering ``range(n)``: one job for small slides, more for large ones."""
+    if n == 0:
+        return []
+    jobs = max(1, min(workers * 4, n // min_tiles))
+    bounds = np.linspace(0, n, jobs + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+
+
+def start_store(plan: SlidePlan) -> StoreWriter:
+    """Create the temporary store folder for a plan."""
+    return StoreWriter(
+        Path(plan.tmp), plan.n_tiles, plan.grid.size, plan.codec, plan.quality, plan.subsampling
+    )
+
+
+def finish_slide(
+    plan: SlidePlan, writer: StoreWriter, scores: dict[str, np.ndarray], final: Path
+) -> None:
+    """Write coords, QC, thumbnail, mask and attrs (``complete`` last), then rename into place."""
+    coords = plan.grid.level0_coords(plan.rows, plan.cols)
+    qc = {**scores, "mask_tissue": plan.mask_tissue}
+    attrs = {**plan.attrs, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    writer.finish(coords, qc, plan.thumbnail, plan.tissue_mask, attrs)
+    commit(Path(plan.tmp), final)
+
+
+def plan_summary(plan: SlidePlan) -> dict[str, Any]:
+    """Small JSON-able description of a plan (for logs)."""
+    return {"slide": plan.slide_id, "tiles": plan.n_tiles, "grid": asdict(plan.grid)}

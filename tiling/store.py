@@ -1,0 +1,202 @@
+"""Tile stores: one zarr v3 group per slide, ``<out>/<slide_id>.zarr`` (format in README.md).
+
+Layout::
+
+    tiles        uint8 (N, S, S, 3), chunks (1, S, S, 3), one encoded image per chunk
+    coords       int64 (N, 2)  level-0 x, y of each tile's top-left corner
+    qc/<name>    float32 (N,)  per-tile scores: tissue, pen, blur, white, mask_tissue
+    thumbnail    uint8 (h, w, 3) RGB overview of the whole slide
+    tissue_mask  bool (h, w)   tissue mask on the thumbnail's grid
+    attrs        slide, mpp, tile, tissue, thumbnail, pathssl_version, fingerprint, complete
+
+A store is written under a temporary name and renamed into place when complete, so a store
+that exists under its final name is whole. ``complete: true`` is the last attribute written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterable, Mapping
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from tiling.codec import FORMATS, decode_tile, zarr_codecs
+
+FORMAT_VERSION = 1
+_KEY_ENCODING: dict[str, Any] = {"name": "v2", "separator": "."}
+
+
+def chunk_path(store_dir: Path, index: int) -> Path:
+    """File holding tile ``index`` (chunk key encoding v2 with '.' separators)."""
+    return store_dir / "tiles" / f"{index}.0.0.0"
+
+
+class StoreWriter:
+    """Creates a store at ``path`` (a temporary folder) and finalises it.
+
+    Tile chunks are written by :meth:`write_tile` (any process may write any index);
+    :meth:`finish` writes coords, QC, thumbnail, mask and the attributes, ``complete`` last.
+    """
+
+    def __init__(
+        self, path: Path, n_tiles: int, size: int, fmt: str, quality: int, subsampling: str
+    ) -> None:
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown tile codec {fmt!r}; choose one of {FORMATS}")
+        self.path = path
+        self.group = zarr.open_group(str(path), mode="w", zarr_format=3)
+        codecs = zarr_codecs(fmt, quality, subsampling)
+        self.group.create_array(
+            "tiles",
+            shape=(n_tiles, size, size, 3),
+            chunks=(1, size, size, 3),
+            dtype="uint8",
+            serializer=codecs[0],
+            compressors=codecs[1:] or None,
+            fill_value=0,
+            chunk_key_encoding=_KEY_ENCODING,
+            dimension_names=["tile", "y", "x", "rgb"],
+        )
+        (path / "tiles").mkdir(exist_ok=True)
+
+    def finish(
+        self,
+        coords: np.ndarray,
+        qc: Mapping[str, np.ndarray],
+        thumbnail: np.ndarray,
+        tissue_mask: np.ndarray,
+        attrs: Mapping[str, Any],
+    ) -> None:
+        g = self.group
+        _write(g, "coords", np.asarray(coords, np.int64).reshape(-1, 2), ["tile", "xy"])
+        qc_group = g.require_group("qc")
+        for name, values in qc.items():
+            _write(qc_group, name, np.asarray(values, np.float32), ["tile"])
+        _write(g, "thumbnail", np.ascontiguousarray(thumbnail, np.uint8), ["y", "x", "rgb"])
+        _write(g, "tissue_mask", np.asarray(tissue_mask, bool), ["y", "x"])
+        g.attrs.update({**attrs, "format_version": FORMAT_VERSION, "complete": False})
+        g.attrs["complete"] = True
+
+
+def _write(group: zarr.Group, name: str, data: np.ndarray, dims: list[str]) -> None:
+    chunks = data.shape if data.size else tuple(max(1, s) for s in data.shape)
+    arr = group.create_array(
+        name, shape=data.shape, chunks=chunks, dtype=data.dtype, dimension_names=dims
+    )
+    if data.size:
+        arr[...] = data
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a folder if it exists (ignoring a concurrent removal)."""
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def commit(tmp: Path, final: Path) -> None:
+    """Atomically put the finished store ``tmp`` at ``final`` (replacing an old one)."""
+    if final.exists():
+        trash = final.with_name(f".trash-{final.name}-{os.getpid()}")
+        os.replace(final, trash)
+        os.replace(tmp, final)
+        remove_tree(trash)
+    else:
+        os.replace(tmp, final)
+
+
+def read_attrs(path: str | Path) -> dict[str, Any] | None:
+    """The store's group attributes, or None if ``path`` is no zarr v3 group."""
+    meta = Path(path) / "zarr.json"
+    try:
+        return dict(json.loads(meta.read_text()).get("attributes", {}))
+    except (OSError, ValueError):
+        return None
+
+
+class TileStore:
+    """Read access to a complete tile store; ``store[i]`` is tile i, (S, S, 3) uint8, in O(1)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        attrs = read_attrs(self.path)
+        if attrs is None:
+            raise ValueError(f"{self.path}: not a tile store (no zarr.json)")
+        if not attrs.get("complete"):
+            raise ValueError(f"{self.path}: incomplete tile store (interrupted run?)")
+        self.attrs: dict[str, Any] = attrs
+        self.group = zarr.open_group(str(self.path), mode="r")
+        tiles = self.group["tiles"]
+        assert isinstance(tiles, zarr.Array)
+        self.tiles: zarr.Array = tiles
+        self.codec: str = attrs["tile"]["codec"]
+        self.tile_size: int = int(attrs["tile"]["size"])
+        self.mpp: float = float(attrs["mpp"]["tile"])
+        self.slide_id: str = attrs["slide"]["id"]
+
+    def __len__(self) -> int:
+        return int(self.tiles.shape[0])
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        n = len(self)
+        i = int(index)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"tile {index} out of range for {n} tiles")
+        return decode_tile(self.read_bytes(i), self.codec, (self.tile_size, self.tile_size, 3))
+
+    def read_bytes(self, index: int) -> bytes:
+        """The encoded chunk of tile ``index`` (a JPEG file's bytes for the jpeg codec)."""
+        return chunk_path(self.path, int(index)).read_bytes()
+
+    @cached_property
+    def coords(self) -> np.ndarray:
+        return np.asarray(self._array("coords")[...], np.int64).reshape(-1, 2)
+
+    @cached_property
+    def qc(self) -> dict[str, np.ndarray]:
+        group = self.group["qc"]
+        assert isinstance(group, zarr.Group)
+        return {name: np.asarray(arr[...]) for name, arr in group.arrays()}
+
+    @cached_property
+    def thumbnail(self) -> np.ndarray:
+        return np.asarray(self._array("thumbnail")[...])
+
+    @cached_property
+    def tissue_mask(self) -> np.ndarray:
+        return np.asarray(self._array("tissue_mask")[...])
+
+    def _array(self, name: str) -> zarr.Array:
+        arr = self.group[name]
+        assert isinstance(arr, zarr.Array)
+        return arr
+
+    def __repr__(self) -> str:
+        return (
+            f"TileStore({str(self.path)!r}, n={len(self)}, size={self.tile_size}, "
+            f"mpp={self.mpp:.4g}, codec={self.codec!r})"
+        )
+
+
+def open_store(path: str | Path) -> TileStore:
+    """Open a complete tile store written by ``pathssl tile`` (raises ValueError otherwise)."""
+    return TileStore(path)
+
+
+def find_stores(paths: Iterable[str | Path]) -> list[Path]:
+    """Stores named directly, or the ``*.zarr`` stores inside folders, sorted."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.suffix == ".zarr" and (p / "zarr.json").exists():
+            found.append(p)
+        elif p.is_dir():
+            found.extend(q for q in sorted(p.glob("*.zarr")) if (q / "zarr.json").exists())
+        else:
+            raise FileNotFoundError(f"{p}: no tile store or folder of stores there")
+    return found
