@@ -253,7 +253,7 @@ def tile_slides(
             res.seconds = time.perf_counter() - t0
             done(res)
             return
-        jobs = split_jobs(plan.n_tiles, workers)
+        jobs = split_jobs(plan.n_tiles, workers, shard_tiles=plan.shard_tiles)
         state = _Active(plan, res, lock, t0, writer, len(jobs))
         state.scores = {k: np.zeros(plan.n_tiles, np.float32) for k in QC_NAMES}
         active[inp.slide_id] = state

@@ -36,7 +36,7 @@ def encode_tile(tile: np.ndarray, fmt: str, quality: int = 90, subsampling: str 
     if fmt == "jpeg":
         return bytes(imagecodecs.jpeg8_encode(tile, level=quality, subsampling=subsampling))
     if fmt == "png":
-        return bytes(imagecodecs.png_encode(tile, level=1))
+        return bytes(imagecodecs.png_encode(np.ascontiguousarray(tile), level=1))
     if fmt == "zstd":
         return bytes(imagecodecs.zstd_encode(np.ascontiguousarray(tile).tobytes(), level=3))
     raise ValueError(f"unknown tile codec {fmt!r}; choose one of {FORMATS}")

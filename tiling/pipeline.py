@@ -9,6 +9,7 @@ thumbnail, mask and attributes and renames the store into place.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -25,7 +26,7 @@ from tiling.errors import ConfigError
 from tiling.grid import Grid, make_grid, mask_fractions, stream_thumbnail, thumbnail_factor
 from tiling.readers import make_reader
 from tiling.slide import choose_level, open_slide, resolve_mpp
-from tiling.store import StoreWriter, chunk_path, commit
+from tiling.store import SHARD_TILES, StoreWriter, commit, encode_shard, shard_name
 
 QC_NAMES = ("tissue", "pen", "blur", "white")
 
@@ -50,6 +51,7 @@ class TileOptions:
     quality: int = 90
     subsampling: str = "420"
     mask_mpp: float = 8.0
+    shard_tiles: int = SHARD_TILES
     max_upsample: float = 1.10
     fast_reader: bool = True
     band_tiles: int = 16
@@ -78,7 +80,9 @@ class TileOptions:
 
     def signature(self) -> dict[str, Any]:
         """The options that define a store's content (a store is reused only if they match)."""
-        keys = ("size", "overlap", "min_tissue", "codec", "quality", "subsampling", "mask_mpp")
+        keys: tuple[str, ...] = ("size", "overlap", "min_tissue", "codec", "quality", "subsampling")
+        keys += ("mask_mpp",)
+        keys += ("shard_tiles",)
         return {"target_mpp": self.target_mpp, **{k: getattr(self, k) for k in keys}}
 
 
@@ -97,6 +101,7 @@ class SlidePlan:
     saturation_threshold: float
     fast_reader: bool
     band_tiles: int
+    shard_tiles: int
     rows: np.ndarray  # (N,) grid row of each kept tile, row-major order
     cols: np.ndarray  # (N,)
     mask_tissue: np.ndarray  # (N,) float32 tissue fraction of the footprint (selection score)
@@ -171,6 +176,7 @@ def plan_slide(inp: SlideInput, opts: TileOptions, tmp: Path) -> SlidePlan:
                 "quality": opts.quality if opts.codec == "jpeg" else None,
                 "subsampling": opts.subsampling if opts.codec == "jpeg" else None,
                 "grid": [grid.rows, grid.cols],
+                "shard_tiles": opts.shard_tiles,
                 "min_tissue": opts.min_tissue,
             },
             "tissue": {
@@ -178,6 +184,12 @@ def plan_slide(inp: SlideInput, opts: TileOptions, tmp: Path) -> SlidePlan:
                 "mask_mpp": thumb_mpp,
                 "mask_downsample": t_ds * factor,
                 "fraction": float(mask.mean()) if mask.size else 0.0,
+            },
+            "qc": {
+                "names": [*QC_NAMES, "mask_tissue"],
+                "colour_step": qc_steps(opts.size)[0],
+                "blur_step": qc_steps(opts.size)[1],
+                "saturation_threshold": float(tissue_params.get("threshold", 20)),
             },
             "thumbnail": {"mpp": thumb_mpp, "downsample": t_ds * factor, "level": t_level},
             "options": opts.signature(),
@@ -200,6 +212,7 @@ def plan_slide(inp: SlideInput, opts: TileOptions, tmp: Path) -> SlidePlan:
             saturation_threshold=float(tissue_params.get("threshold", 20)),
             fast_reader=opts.fast_reader,
             band_tiles=opts.band_tiles,
+            shard_tiles=opts.shard_tiles,
             rows=rows.astype(np.int64),
             cols=cols.astype(np.int64),
             mask_tissue=frac[rows, cols].astype(np.float32),
@@ -211,20 +224,37 @@ def plan_slide(inp: SlideInput, opts: TileOptions, tmp: Path) -> SlidePlan:
         slide.close()
 
 
-def _band(reader: Any, grid: Grid, row: int, col: int, n: int) -> np.ndarray:
-    """``n`` neighbouring tiles of one grid row -> (n, S, S, 3) uint8, read as one band."""
+def _band(
+    reader: Any, grid: Grid, row: int, col: int, n: int, out: np.ndarray | None = None
+) -> np.ndarray:
+    """``n`` neighbouring tiles of one grid row side by side: (S, n * S, 3) uint8 band, tile k
+    = ``band[:, k * S:(k + 1) * S]`` (written into ``out`` if given; it may be a strided view).
+    Without resize or overlap it is one read of the level."""
     s, side = grid.size, grid.level_size
     xs = grid.level_x(np.arange(col, col + n))
     y = int(grid.level_x(row))
-    band = reader.read(int(xs[0]), y, int(xs[-1] - xs[0]) + side, side)
-    if grid.scale == 1.0 and grid.stride == s:
-        return band.reshape(s, n, s, 3).transpose(1, 0, 2, 3).copy()
-    out = np.empty((n, s, s, 3), np.uint8)
+    if side == s and grid.stride == s:
+        return reader.read(int(xs[0]), y, n * s, s, out=out)
+    region = reader.read(int(xs[0]), y, int(xs[-1] - xs[0]) + side, side)
+    band = np.empty((s, n * s, 3), np.uint8) if out is None else out
     interp = cv2.INTER_AREA if grid.scale > 1 else cv2.INTER_LINEAR
     for k, x in enumerate(xs - xs[0]):
-        crop = band[:, x : x + side]
-        out[k] = crop if side == s else cv2.resize(crop, (s, s), interpolation=interp)
-    return out
+        crop = region[:, x : x + side]
+        band[:, k * s : (k + 1) * s] = (
+            crop if side == s else cv2.resize(crop, (s, s), interpolation=interp)
+        )
+    return band
+
+
+def qc_steps(size: int, colour: int = 4, blur: int = 2) -> tuple[int, int]:
+    """Subsampling steps for the QC scores that divide the tile size."""
+
+    def fit(step: int) -> int:
+        while size % step:
+            step -= 1
+        return step
+
+    return fit(colour), fit(blur)
 
 
 def tile_job(
@@ -239,8 +269,27 @@ def tile_job(
     slide = open_slide(plan.path)
     reader = make_reader(plan.path, slide, plan.level, fast=plan.fast_reader)
     scores = {name: np.zeros(stop - start, np.float32) for name in QC_NAMES}
-    store = Path(plan.tmp)
     rows, cols = plan.rows, plan.cols
+    tiles_dir = os.open(Path(plan.tmp) / "tiles", os.O_RDONLY)
+    k_shard = plan.shard_tiles
+    size = plan.grid.size
+    colour_step, blur_step = qc_steps(size)
+    band_buf = np.empty((size, plan.band_tiles * size, 3), np.uint8)  # reused for every band
+    pending: list[bytes | None] = []  # encoded tiles of the shard being filled
+
+    def flush(end: int) -> None:
+        """Write the shard that ends at tile ``end`` (exclusive) and holds ``pending``."""
+        shard = (end - 1) // k_shard
+        chunks = pending + [None] * (k_shard - len(pending))
+        fd = os.open(
+            shard_name(shard), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=tiles_dir
+        )
+        try:
+            os.write(fd, encode_shard(chunks))
+        finally:
+            os.close(fd)
+        pending.clear()
+
     try:
         i = start
         while i < stop:
@@ -252,36 +301,62 @@ def tile_job(
                 and cols[j] == cols[j - 1] + 1
             ):
                 j += 1
-            tiles = _band(reader, plan.grid, int(rows[i]), int(cols[i]), j - i)
-            band_scores = qc.tile_qc(tiles, saturation_threshold=plan.saturation_threshold)
+            band = _band(
+                reader,
+                plan.grid,
+                int(rows[i]),
+                int(cols[i]),
+                j - i,
+                out=band_buf[:, : (j - i) * size],
+            )
+            band_scores = qc.band_qc(
+                band,
+                j - i,
+                saturation_threshold=plan.saturation_threshold,
+                colour_step=colour_step,
+                blur_step=blur_step,
+            )
             for name in QC_NAMES:
                 scores[name][i - start : j - start] = band_scores[name]
             for k in range(j - i):
-                data = encode_tile(tiles[k], plan.codec, plan.quality, plan.subsampling)
-                with open(chunk_path(store, i + k), "wb") as fh:
-                    fh.write(data)
+                tile = band[:, k * size : (k + 1) * size]
+                pending.append(encode_tile(tile, plan.codec, plan.quality, plan.subsampling))
+                if (i + k + 1) % k_shard == 0 or i + k + 1 == stop:
+                    flush(i + k + 1)
             if progress is not None:
                 progress(j - i)
             i = j
     finally:
+        os.close(tiles_dir)
         reader.close()
         slide.close()
     return start, scores
 
 
-def split_jobs(n: int, workers: int, min_tiles: int = 256) -> list[tuple[int, int]]:
-    """Index ranges covering ``range(n)``: one job for small slides, more for large ones."""
+def split_jobs(
+    n: int, workers: int, min_tiles: int = 256, shard_tiles: int = SHARD_TILES
+) -> list[tuple[int, int]]:
+    """Index ranges covering ``range(n)``, on shard boundaries (a shard has one writer): one
+    job for small slides, more for large ones."""
     if n == 0:
         return []
     jobs = max(1, min(workers * 4, n // min_tiles))
-    bounds = np.linspace(0, n, jobs + 1).round().astype(int)
+    shards = -(-n // shard_tiles)
+    bounds = np.unique(np.linspace(0, shards, jobs + 1).round().astype(int)) * shard_tiles
+    bounds[-1] = n
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
 
 
 def start_store(plan: SlidePlan) -> StoreWriter:
     """Create the temporary store folder for a plan."""
     return StoreWriter(
-        Path(plan.tmp), plan.n_tiles, plan.grid.size, plan.codec, plan.quality, plan.subsampling
+        Path(plan.tmp),
+        plan.n_tiles,
+        plan.grid.size,
+        plan.codec,
+        plan.quality,
+        plan.subsampling,
+        plan.shard_tiles,
     )
 
 

@@ -2,9 +2,10 @@
 
 All colour rules use OpenCV's 8-bit HSV: hue ``H`` in [0, 180) (degrees / 2), saturation ``S``
 and value ``V`` in [0, 255]. Stained tissue is coloured; glass is bright and grey. Pen marks are
-recognised as strongly saturated inks in hue bands that H&E (pink to purple, H ~ 125-175) and
-brown DAB (H ~ 8-25) do not occupy, plus anything black. Spatial sizes in :func:`tissue_mask`
-are physical (micrometres) and converted with the image's micrometres per pixel.
+strongly saturated inks (:data:`PEN_INKS`) plus anything black: green and blue sit in hue bands
+that H&E (pink to purple, H ~ 125-175) and brown DAB (H ~ 8-25) do not occupy; red shares
+eosin's hue edge but is far more saturated (S >= 160, eosin and blood stay below ~150). Spatial
+sizes in :func:`tissue_mask` are physical (micrometres), converted with micrometres per pixel.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ TILE_FULL_FROM = 0.50  # classify_tile: tissue fraction >= 0.50 -> "full"
 TILE_MIN_SATURATION = 20
 TILE_MIN_TEXTURE = 15.0  # Laplacian variance (grey levels^2) below which nothing is in focus
 
-_PIXEL_BUDGET = 16 * 224 * 224  # tile_qc works on chunks of about this many pixels
+_PIXEL_BUDGET = 4 * 224 * 224  # tile_qc chunks: about 4 tiles, to stay in a 2 MB L2 cache
 
 
 def _min_saturation_lut() -> np.ndarray:
@@ -51,13 +52,16 @@ def _check_rgb(rgb: np.ndarray, ndim: int = 3) -> np.ndarray:
         raise ValueError(
             f"expected a {ndim}-D uint8 RGB array (..., 3), got {arr.dtype} {arr.shape}"
         )
+    if ndim == 3 and arr.size == 0:
+        raise ValueError(f"empty image {arr.shape}")
     return np.ascontiguousarray(arr)
 
 
 def _hsv_planes(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(H, W, 3) uint8 RGB -> three (H, W) uint8 planes H, S, V."""
-    h, s, v = cv2.split(cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV))
-    return h, s, v
+    planes = [np.empty(rgb.shape[:2], np.uint8) for _ in range(3)]
+    cv2.mixChannels([cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)], planes, [0, 0, 1, 1, 2, 2])
+    return planes[0], planes[1], planes[2]
 
 
 def _ge(plane: np.ndarray, value: int, dst: np.ndarray | None = None) -> np.ndarray:
@@ -217,8 +221,7 @@ def tile_qc(tiles: np.ndarray, *, saturation_threshold: float) -> dict[str, np.n
         b = _buffers(m * height, width)
         flat = part.reshape(m * height, width, 3)
         cv2.cvtColor(flat, cv2.COLOR_RGB2HSV, dst=b.hsv)
-        for i, plane in enumerate((b.h, b.s, b.v)):
-            cv2.extractChannel(b.hsv, i, dst=plane)
+        cv2.mixChannels([b.hsv], [b.h, b.s, b.v], [0, 0, 1, 1, 2, 2])
         cv2.LUT(b.h, _PEN_LUT, dst=b.lut)
         cv2.compare(b.s, b.lut, cv2.CMP_GT, dst=b.pen)
         _le(b.v, BLACK_MAX_VALUE - 1, dst=b.tmp)
@@ -250,16 +253,15 @@ def classify_tile(rgb: np.ndarray) -> tuple[str, bool]:
     rgb (H, W, 3) uint8. Without a physical scale, sizes are relative to the tile side L.
     has_pen: ink (:func:`pen_mask`) opened by a disk of L/64 covers >= PEN_MIN_FRACTION.
     Tissue: median-filtered (5 px) S >= TILE_MIN_SATURATION and not ink (the median removes
-    glass noise and keeps faint fat membranes); closed by a disk of L/16, holes filled (fat, lumina). Its area fraction is "none" below
-    TILE_NONE_BELOW, "full" from TILE_FULL_FROM, else "partial". Tissue is in focus: if the
-    grey Laplacian variance over the tissue pixels is below TILE_MIN_TEXTURE (ink smears on
-    the coverslip, empty glass) the tile is "none".
+    glass noise but keeps faint fat membranes), closed by a disk of L/16, holes filled (fat,
+    lumina). Its area fraction is "none" below TILE_NONE_BELOW, "full" from TILE_FULL_FROM,
+    else "partial". Tissue is in focus: if the grey Laplacian variance over the tissue pixels is
+    below TILE_MIN_TEXTURE (the blurred halo of ink on the coverslip, whose colours overlap
+    eosin's) the tile is "none"; an out-of-focus tile of tissue is therefore "none" too.
     """
     rgb = _check_rgb(rgb)
     h, s, v = _hsv_planes(rgb)
     side = min(rgb.shape[:2])
-    if side == 0:
-        return "none", False
     pen = _pen_u8(h, s, v)
     opened = cv2.morphologyEx(pen, cv2.MORPH_OPEN, _disk(max(3, _odd_px(side / 64))))
     has_pen = cv2.countNonZero(opened) >= PEN_MIN_FRACTION * pen.size
@@ -273,3 +275,46 @@ def classify_tile(rgb: np.ndarray) -> tuple[str, bool]:
     if fraction < TILE_NONE_BELOW or texture < TILE_MIN_TEXTURE:
         return "none", bool(has_pen)
     return ("full" if fraction >= TILE_FULL_FROM else "partial"), bool(has_pen)
+
+
+def band_qc(
+    band: np.ndarray,
+    n: int,
+    *,
+    saturation_threshold: float,
+    colour_step: int = 4,
+    blur_step: int = 2,
+) -> dict[str, np.ndarray]:
+    """The tiler's fast QC: scores of ``n`` tiles lying side by side in one band.
+
+    band (S, n * S, 3) uint8 (tile k = ``band[:, k*S:(k+1)*S]``; any row stride) ->
+    {"tissue", "pen", "white", "blur"} float32 (n,), defined as :func:`tile_qc` but measured on
+    every ``colour_step``-th pixel of every ``colour_step``-th row (the fractions) and on every
+    ``blur_step``-th pixel and row (blur, the Laplacian variance over each tile's interior, so
+    never across a tile border). ``tile_qc(tiles[:, ::k, ::k])`` gives the same numbers.
+    """
+    side = band.shape[0]
+    if band.shape[1] != n * side or side % colour_step or side % blur_step:
+        raise ValueError(f"band {band.shape} is not {n} tiles of a side divisible by the steps")
+    out = {k: np.zeros(n, np.float32) for k in ("tissue", "pen", "blur", "white")}
+    # colour fractions on a nearest-neighbour subsample (= band[::k, ::k])
+    cs = side // colour_step
+    small = cv2.resize(band, (n * cs, cs), interpolation=cv2.INTER_NEAREST)
+    h, s, v = _hsv_planes(small)
+    pen = _pen_u8(h, s, v)
+    white = _white_u8(s, v)
+    tissue = cv2.subtract(_ge(s, int(np.clip(np.ceil(saturation_threshold), 0, 256))), pen)
+    tissue = cv2.subtract(tissue, white)
+    for name, plane in (("tissue", tissue), ("pen", pen), ("white", white)):
+        per_tile = plane.reshape(cs, n, cs).sum(axis=(0, 2), dtype=np.int64)
+        out[name][:] = per_tile / (255.0 * cs * cs)
+    # blur on the grey subsample; the Laplacian's 3x3 stencil stays inside each tile's interior
+    bs = side // blur_step
+    half = (
+        band if blur_step == 1 else cv2.resize(band, (n * bs, bs), interpolation=cv2.INTER_NEAREST)
+    )
+    lap = cv2.Laplacian(cv2.cvtColor(half, cv2.COLOR_RGB2GRAY), cv2.CV_16S, ksize=1)
+    for k in range(n):
+        _, std = cv2.meanStdDev(lap[1:-1, k * bs + 1 : (k + 1) * bs - 1])
+        out["blur"][k] = float(std[0, 0]) ** 2
+    return out

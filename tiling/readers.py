@@ -33,7 +33,7 @@ class LevelReader(Protocol):
     width: int
     height: int
 
-    def read(self, x: int, y: int, w: int, h: int) -> np.ndarray: ...
+    def read(self, x: int, y: int, w: int, h: int, out: np.ndarray | None = None) -> np.ndarray: ...
 
     def close(self) -> None: ...
 
@@ -47,10 +47,13 @@ class OpenSlideReader:
         self.width, self.height = slide.level_dimensions[level]
         self.downsample = float(slide.level_downsamples[level])
 
-    def read(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+    def read(self, x: int, y: int, w: int, h: int, out: np.ndarray | None = None) -> np.ndarray:
         loc = (round(x * self.downsample), round(y * self.downsample))
-        rgba = np.asarray(self.slide.read_region(loc, self.level, (w, h)))
-        return rgba_to_rgb(rgba)
+        rgb = rgba_to_rgb(np.asarray(self.slide.read_region(loc, self.level, (w, h))))
+        if out is not None:
+            out[...] = rgb
+            return out
+        return rgb
 
     def close(self) -> None:
         pass
@@ -91,6 +94,7 @@ class TiffJpegReader:
         self.colorspace = _COLORSPACE[int(page.photometric)]  # type: ignore[attr-defined]
         self.capacity = max(8, cache_bytes // (self.tw * self.th * 3))
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._free: list[np.ndarray] = []  # evicted tiles' memory, decoded into again
         self._fd = os.open(str(path), os.O_RDONLY)
         self.decoded = 0  # number of source tiles decoded (for tests and benchmarks)
 
@@ -104,20 +108,33 @@ class TiffJpegReader:
             tile = np.full((self.th, self.tw, 3), 255, np.uint8)
         else:
             data = os.pread(self._fd, count, int(self.offsets[index]))
+            # decoding into reused memory avoids a fresh allocation's page faults per tile
+            # (about a third of the decode time for 256 px tiles)
+            buf = self._free.pop() if self._free else None
             tile = imagecodecs.jpeg8_decode(
-                data, tables=self.tables, colorspace=self.colorspace, outcolorspace="RGB"
+                data,
+                tables=self.tables,
+                colorspace=self.colorspace,
+                outcolorspace="RGB",
+                out=buf,
             )
             self.decoded += 1
         self._cache[index] = tile
         if len(self._cache) > self.capacity:
-            self._cache.popitem(last=False)
+            _, old = self._cache.popitem(last=False)
+            if old.shape == (self.th, self.tw, 3):
+                self._free.append(old)
         return tile
 
-    def read(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+    def read(self, x: int, y: int, w: int, h: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Region at level coordinates -> (h, w, 3) uint8, written into ``out`` if given."""
         x0, y0 = max(x, 0), max(y, 0)
         x1, y1 = min(x + w, self.width), min(y + h, self.height)
         inside = x0 == x and y0 == y and x1 == x + w and y1 == y + h
-        out = np.empty((h, w, 3), np.uint8) if inside else np.full((h, w, 3), 255, np.uint8)
+        if out is None:
+            out = np.empty((h, w, 3), np.uint8)
+        if not inside:
+            out[...] = 255
         if x1 <= x0 or y1 <= y0:
             return out
         for ty in range(y0 // self.th, (y1 - 1) // self.th + 1):

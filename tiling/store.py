@@ -18,11 +18,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import google_crc32c
 import numpy as np
 import zarr
 
@@ -30,22 +31,47 @@ from tiling.codec import FORMATS, decode_tile, zarr_codecs
 
 FORMAT_VERSION = 1
 _KEY_ENCODING: dict[str, Any] = {"name": "v2", "separator": "."}
+_EMPTY = 2**64 - 1
+#: tiles per shard file: few files for the filesystem, ~1-2 MB each for JPEG tiles of 224 px.
+SHARD_TILES = 64
 
 
-def chunk_path(store_dir: Path, index: int) -> Path:
-    """File holding tile ``index`` (chunk key encoding v2 with '.' separators)."""
-    return store_dir / "tiles" / f"{index}.0.0.0"
+def shard_name(shard: int) -> str:
+    """File in ``tiles/`` holding shard ``shard`` (chunk key encoding v2 with '.')."""
+    return f"{shard}.0.0.0"
+
+
+def encode_shard(chunks: Sequence[bytes | None]) -> bytes:
+    """One shard file of the zarr v3 ``sharding_indexed`` codec: the inner chunks' bytes, then
+    the index ((offset, nbytes) uint64 little-endian per inner chunk, (2^64-1, 2^64-1) for a
+    missing one) and its CRC32C, as zarr's default index codecs write it."""
+    index = np.full((len(chunks), 2), _EMPTY, dtype="<u8")
+    offset = 0
+    for i, data in enumerate(chunks):
+        if data is not None:
+            index[i] = (offset, len(data))
+            offset += len(data)
+    index_bytes = index.tobytes()
+    crc = google_crc32c.value(index_bytes).to_bytes(4, "little")
+    return b"".join(c for c in chunks if c is not None) + index_bytes + crc
 
 
 class StoreWriter:
     """Creates a store at ``path`` (a temporary folder) and finalises it.
 
-    Tile chunks are written by :meth:`write_tile` (any process may write any index);
+    Tiles are written as whole shard files (:func:`encode_shard`, any process any shard);
     :meth:`finish` writes coords, QC, thumbnail, mask and the attributes, ``complete`` last.
     """
 
     def __init__(
-        self, path: Path, n_tiles: int, size: int, fmt: str, quality: int, subsampling: str
+        self,
+        path: Path,
+        n_tiles: int,
+        size: int,
+        fmt: str,
+        quality: int,
+        subsampling: str,
+        shard_tiles: int = SHARD_TILES,
     ) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"unknown tile codec {fmt!r}; choose one of {FORMATS}")
@@ -56,6 +82,7 @@ class StoreWriter:
             "tiles",
             shape=(n_tiles, size, size, 3),
             chunks=(1, size, size, 3),
+            shards=(shard_tiles, size, size, 3),
             dtype="uint8",
             serializer=codecs[0],
             compressors=codecs[1:] or None,
@@ -134,6 +161,8 @@ class TileStore:
         assert isinstance(tiles, zarr.Array)
         self.tiles: zarr.Array = tiles
         self.codec: str = attrs["tile"]["codec"]
+        self.shard_tiles: int = int(attrs["tile"]["shard_tiles"])
+        self._index: dict[int, np.ndarray] = {}
         self.tile_size: int = int(attrs["tile"]["size"])
         self.mpp: float = float(attrs["mpp"]["tile"])
         self.slide_id: str = attrs["slide"]["id"]
@@ -152,7 +181,25 @@ class TileStore:
 
     def read_bytes(self, index: int) -> bytes:
         """The encoded chunk of tile ``index`` (a JPEG file's bytes for the jpeg codec)."""
-        return chunk_path(self.path, int(index)).read_bytes()
+        shard, inner = divmod(int(index), self.shard_tiles)
+        path = self.path / "tiles" / shard_name(shard)
+        with open(path, "rb") as fh:
+            table = self._index.get(shard)
+            if table is None:
+                size = self.shard_tiles * 16
+                fh.seek(-(size + 4), os.SEEK_END)
+                raw = fh.read(size + 4)
+                if google_crc32c.value(raw[:size]) != int.from_bytes(raw[size:], "little"):
+                    raise ValueError(f"{path}: shard index checksum mismatch (corrupt file)")
+                table = np.frombuffer(raw[:size], "<u8").reshape(-1, 2)
+                if len(self._index) > 256:
+                    self._index.clear()
+                self._index[shard] = table
+            offset, nbytes = (int(v) for v in table[inner])
+            if offset == _EMPTY:
+                raise KeyError(f"tile {index} is missing from {path}")
+            fh.seek(offset)
+            return fh.read(nbytes)
 
     @cached_property
     def coords(self) -> np.ndarray:

@@ -1,0 +1,27 @@
+"""Pretraining: typed config, the one builder (config -> objects), the generic loop,
+optimisers/schedules and atomic, exactly resumable checkpoints.
+
+Example::
+
+    from pathssl.train import load_config, build_trainer
+    trainer = build_trainer(load_config("configs/pretrain/simclr.yaml", ["train.max_steps=10"]))
+    trainer.resume()
+    trainer.fit()
+"""
+
+from pathssl.train.build import build_trainer
+from pathssl.train.checkpoint import load_checkpoint, save_checkpoint
+from pathssl.train.config import ConfigError, PretrainConfig, load_config
+from pathssl.train.loop import LoopSettings, Trainer, TrainingDiverged
+
+__all__ = [
+    "ConfigError",
+    "LoopSettings",
+    "PretrainConfig",
+    "Trainer",
+    "TrainingDiverged",
+    "build_trainer",
+    "load_checkpoint",
+    "load_config",
+    "save_checkpoint",
+]

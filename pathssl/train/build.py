@@ -1,0 +1,236 @@
+"""The one place where a :class:`PretrainConfig` becomes objects (dataset, sampler, loader,
+views, method, optimiser, schedule, trainer). Every other building block takes explicit
+arguments."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import pathssl.ssl  # noqa: F401  (registers every method)
+from pathssl import __version__
+from pathssl.augment import RECIPES, ViewRecipe, build_recipe
+from pathssl.data import ResumableSampler, TileDataset, collate_jpeg, collate_uint8, tile_mean_std
+from pathssl.models.backbones import BACKBONES, ResNetBackbone, build_backbone
+from pathssl.ssl.base import METHODS, SSLMethod
+from pathssl.train.config import ConfigError, PretrainConfig, to_dict
+from pathssl.train.distributed import DistInfo, init_distributed
+from pathssl.train.loop import LoopSettings, Trainer
+from pathssl.train.optim import build_optimizer, scaled_lr, warmup_cosine
+
+
+def check_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any], where: str) -> None:
+    """Fail with the key and its nearest valid names if ``fn`` takes no such keyword."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [n for n in params if n != "backbone"]
+    for key in kwargs:
+        if key not in valid:
+            near = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+            hint = f"; did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
+            raise ConfigError(
+                f"unknown config key '{where}.{key}'{hint} (valid: {', '.join(valid)})"
+            )
+
+
+def _registered(registry: Any, name: str, key: str) -> Callable[..., Any]:
+    if name not in registry:
+        near = difflib.get_close_matches(name, registry.names(), n=3, cutoff=0.4)
+        hint = f"; did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
+        raise ConfigError(
+            f"{key}: unknown {registry.kind} {name!r}{hint} (known: {', '.join(registry.names())})"
+        )
+    fn: Callable[..., Any] = registry.get(name)
+    return fn
+
+
+def recipe_name(method: str, recipe: str | None) -> str:
+    """The view recipe for ``method``: ``recipe`` if given, else the recipe of the same name
+    (``moco_v2``/``moco_v3`` use ``moco``)."""
+    if recipe:
+        return recipe
+    if method in RECIPES:
+        return method
+    base = method.rsplit("_v", 1)[0]
+    if base in RECIPES:
+        return base
+    raise ConfigError(f"no view recipe named like method {method!r}: set augment.recipe")
+
+
+def build_views(cfg: PretrainConfig) -> ViewRecipe:
+    _registered(METHODS, cfg.method.name, "method.name")
+    name = recipe_name(cfg.method.name, cfg.augment.recipe)
+    check_kwargs(_registered(RECIPES, name, "augment.recipe"), cfg.augment.params, "augment.params")
+    return build_recipe(name, **cfg.augment.params)
+
+
+def build_method(cfg: PretrainConfig, recipe: ViewRecipe) -> SSLMethod:
+    """Backbone + method from the config; ViT ``image_size`` and multi-crop ``n_local_views``
+    default to the recipe's (global view size, number of views beyond 2)."""
+    bb_fn = _registered(BACKBONES, cfg.model.backbone, "model.backbone")
+    bb_params = dict(cfg.model.params)
+    check_kwargs(bb_fn, bb_params, "model.params")
+    if "image_size" in inspect.signature(bb_fn).parameters:
+        bb_params.setdefault("image_size", recipe.views[0][0].size)
+    m_fn = _registered(METHODS, cfg.method.name, "method.name")
+    m_params = dict(cfg.method.params)
+    check_kwargs(m_fn, m_params, "method.params")
+    if "n_local_views" in inspect.signature(m_fn).parameters:
+        m_params.setdefault("n_local_views", max(0, recipe.n_views - 2))
+    try:
+        method = METHODS.build(
+            cfg.method.name, backbone=build_backbone(cfg.model.backbone, **bb_params), **m_params
+        )
+    except TypeError as exc:
+        raise ConfigError(
+            f"method {cfg.method.name!r} with backbone {cfg.model.backbone!r}: {exc}"
+        ) from None
+    assert isinstance(method, SSLMethod)
+    need = method.n_global_views + method.n_local_views
+    if recipe.n_views < need:
+        raise ConfigError(
+            f"method {cfg.method.name!r} needs {need} views, recipe {recipe.name!r} makes "
+            f"{recipe.n_views}"
+        )
+    return method
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002  (the legacy global RNG is what libraries use)
+    torch.manual_seed(seed)
+
+
+def build_dataset(cfg: PretrainConfig, encoded: bool = False) -> TileDataset:
+    d = cfg.data
+    return TileDataset(d.stores, d.min_tissue, d.max_pen, d.max_white, d.min_blur, encoded=encoded)
+
+
+def build_loader(
+    cfg: PretrainConfig, dataset: TileDataset, sampler: ResumableSampler, pin: bool
+) -> torch.utils.data.DataLoader[Any]:
+    workers = cfg.data.num_workers
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=cfg.data.batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_jpeg if dataset.encoded else collate_uint8,
+        pin_memory=pin,
+        drop_last=True,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+        # its own generator: creating an iterator must not draw from the global RNG (resume)
+        generator=torch.Generator().manual_seed(cfg.train.seed),
+    )
+
+
+def build_trainer(
+    cfg: PretrainConfig, dist_info: DistInfo | None = None, device: torch.device | None = None
+) -> Trainer:
+    """Everything for a run of ``cfg``: initialises torch.distributed from torchrun's variables
+    unless ``dist_info``/``device`` are given. Call ``trainer.resume()`` then ``fit()``."""
+    t = cfg.train
+    if dist_info is None or device is None:
+        dist_info, device = init_distributed(t.device)
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
+    recipe = build_views(cfg)
+    encoded = cfg.data.decode == "device" or (cfg.data.decode == "auto" and device.type == "cuda")
+    dataset = build_dataset(cfg, encoded=False)  # data errors first, before building models
+    seed_everything(t.seed)  # identical initial weights and buffers on every rank
+    method = build_method(cfg, recipe)
+    if encoded and dataset.store(0).codec != "jpeg":
+        encoded = False
+    dataset.encoded = encoded
+    mean, std = tile_mean_std(dataset, n=cfg.data.norm_tiles, seed=t.seed)
+    sampler = ResumableSampler(
+        dataset.slide_index,
+        seed=t.seed,
+        balance_slides=cfg.data.balance_slides,
+        num_replicas=dist_info.world_size,
+        rank=dist_info.rank,
+    )
+    loader = build_loader(cfg, dataset, sampler, pin=device.type == "cuda")
+    cnn = isinstance(method.backbone, ResNetBackbone)
+    channels_last = t.channels_last and cnn and device.type == "cuda"
+    if dist_info.world_size > 1 and cnn and device.type == "cuda":  # SyncBN: CUDA only
+        method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    method.to(device)
+    if channels_last:
+        method.to(memory_format=torch.channels_last)
+    if t.compile:
+        method.backbone.compile()
+    model: nn.Module = method
+    if dist_info.world_size > 1:
+        model = nn.parallel.DistributedDataParallel(
+            method,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=False,
+        )
+    o = cfg.optim
+    global_batch = cfg.data.batch_size * dist_info.world_size
+    lr = scaled_lr(o.lr, global_batch, o.lr_scaling)
+    if len(o.betas) != 2:
+        raise ConfigError(f"optim.betas: expected 2 numbers, got {o.betas}")
+    optimizer = build_optimizer(
+        o.name,
+        method.param_groups(o.weight_decay),
+        lr=lr,
+        weight_decay=o.weight_decay,
+        momentum=o.momentum,
+        betas=(o.betas[0], o.betas[1]),
+        lars_eta=o.lars_eta,
+    )
+    scheduler = warmup_cosine(optimizer, o.warmup_steps, t.max_steps, o.min_lr_ratio)
+    seed_everything(t.seed + dist_info.rank)
+    generator = torch.Generator().manual_seed(t.seed * 7919 + dist_info.rank + 1)
+    meta = {
+        "method": cfg.method.name,
+        "backbone": cfg.model.backbone,
+        "backbone_params": dict(cfg.model.params),
+        "image_size": recipe.views[0][0].size,
+        "tile_mpp": dataset.tile_mpp,
+        "tile_size": dataset.tile_size,
+        "mean": mean,
+        "std": std,
+        "config": to_dict(cfg),
+        "pathssl_version": __version__,
+    }
+    settings = LoopSettings(
+        max_steps=t.max_steps,
+        out_dir=Path(t.out_dir),
+        ckpt_every=t.ckpt_every,
+        log_every=t.log_every,
+        bf16=bf16,
+        channels_last=channels_last,
+        clip_grad=o.clip_grad,
+        max_bad_steps=t.max_bad_steps,
+        progress=t.progress,
+    )
+    return Trainer(
+        method,
+        optimizer,
+        scheduler,
+        loader,
+        sampler,
+        recipe.torch().to(device),
+        mean,
+        std,
+        device,
+        generator,
+        settings,
+        meta,
+        dist_info=dist_info,
+        model=model,
+    )

@@ -1,0 +1,103 @@
+"""Features of every tile of a store from a pretraining checkpoint's trunk.
+
+``embed_store(store, checkpoint, out)`` writes a zarr v3 group (atomically: a temporary folder
+then ``os.replace``) with ``features`` ``(N, D)`` float32 (tile ``i`` -> row ``i``, tiles at
+their stored size, normalised by the checkpoint's mean/std) and ``coords`` ``(N, 2)`` int64
+level-0 x, y, plus attributes naming the checkpoint, method, backbone and slide.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pathssl.data import TileDataset, collate_uint8
+from pathssl.models.backbones import ResNetBackbone, ViTBackbone, build_backbone
+from pathssl.train.checkpoint import load_checkpoint
+
+
+def load_trunk(checkpoint: str | Path) -> tuple[ResNetBackbone | ViTBackbone, dict[str, Any]]:
+    """The pretrained backbone (eval mode, CPU) and the checkpoint's ``meta``."""
+    ckpt = load_checkpoint(checkpoint)
+    meta: dict[str, Any] = ckpt["meta"]
+    params = dict(meta.get("backbone_params", {}))
+    if meta["backbone"].startswith("vit"):
+        params.setdefault("image_size", int(meta.get("image_size", 224)))
+    backbone = build_backbone(meta["backbone"], **params)
+    backbone.load_state_dict(ckpt["trunk"])
+    return backbone.eval(), meta
+
+
+@torch.no_grad()
+def embed_tiles(
+    backbone: torch.nn.Module, images: Tensor, mean: list[float], std: list[float]
+) -> Tensor:
+    """``(B, 3, S, S)`` uint8 tiles -> ``(B, D)`` float32 features."""
+    m = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
+    x = (images.float() / 255.0 - m) / s
+    out: Tensor = backbone(x)
+    return out.float()
+
+
+def embed_store(
+    store: str | Path,
+    checkpoint: str | Path,
+    out: str | Path,
+    batch_size: int = 64,
+    device: str = "auto",
+    num_workers: int = 0,
+) -> Path:
+    """Write features of every tile of ``store`` to the zarr group ``out``; returns ``out``."""
+    import zarr
+
+    dev = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    )
+    dataset = TileDataset([store])
+    if len(dataset.paths) != 1:
+        raise ValueError(f"{store}: expected one tile store, found {len(dataset.paths)}")
+    backbone, meta = load_trunk(checkpoint)
+    backbone.to(dev)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_uint8
+    )
+    feats = np.empty((len(dataset), backbone.embed_dim), dtype=np.float32)
+    for batch in loader:
+        idx = batch["index"].numpy()
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            f = embed_tiles(backbone, batch["image"].to(dev), meta["mean"], meta["std"])
+        feats[idx] = f.cpu().numpy()
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+    group.create_array("features", data=feats, chunks=(min(len(feats), 4096), feats.shape[1]))
+    group.create_array("coords", data=dataset.coords(), chunks=(min(len(feats), 65536), 2))
+    group.attrs.update(
+        {
+            "checkpoint": str(Path(checkpoint).resolve()),
+            "store": str(dataset.paths[0].resolve()),
+            "slide_id": dataset.slide_ids[0],
+            "tile_mpp": dataset.tile_mpp,
+            "method": meta["method"],
+            "backbone": meta["backbone"],
+            "mean": meta["mean"],
+            "std": meta["std"],
+            "pathssl_version": meta.get("pathssl_version"),
+        }
+    )
+    if out.exists():
+        trash = out.with_name(f".{out.name}.trash-{os.getpid()}")
+        os.replace(out, trash)
+        os.replace(tmp, out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+    return out

@@ -1,0 +1,276 @@
+"""The one training loop every SSL method runs through.
+
+Per step: uint8 tiles ``(B, 3, S, S)`` (decoded by DataLoader workers, or JPEG bytes decoded on
+the GPU) -> batched views on the device (``recipe.torch()``), normalised by the training tiles'
+mean/std -> ``method(views)`` under bf16 autocast (CUDA) -> backward -> method hooks ->
+gradient clipping -> NaN/inf guard -> optimiser and scheduler step -> EMA/queue updates.
+Checkpoints every ``ckpt_every`` steps (atomic) allow an exact resume.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from pathssl.data import ResumableSampler, decode_jpeg_batch
+from pathssl.models.backbones import trunk_state_dict
+from pathssl.ssl.base import SSLMethod
+from pathssl.train.checkpoint import (
+    CHECKPOINT_NAME,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from pathssl.train.distributed import DistInfo, any_true
+from pathssl.train.metrics import MetricsLogger, truncate_metrics
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive steps had a non-finite loss or gradient."""
+
+
+@dataclass
+class LoopSettings:
+    """How the loop runs (see :class:`pathssl.train.config.TrainConfig`)."""
+
+    max_steps: int
+    out_dir: Path
+    ckpt_every: int = 500
+    log_every: int = 10
+    bf16: bool = False
+    channels_last: bool = False
+    clip_grad: float | None = None
+    max_bad_steps: int = 10
+    progress: bool = True
+
+
+class Trainer:
+    """Runs ``method`` on batches from ``loader`` (whose sampler is ``sampler``).
+
+    ``views``: a module ``(B, 3, S, S) uint8 -> {"views": [(B, 3, s, s) float in [0, 1]]}``
+    called as ``views(x, generator)``; ``mean``/``std``: per-channel normalisation (RGB, [0, 1]
+    scale); ``model``: what to call for the forward pass (``method`` itself, or its DDP
+    wrapper); ``meta``: stored in every checkpoint.
+    """
+
+    def __init__(
+        self,
+        method: SSLMethod,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        loader: torch.utils.data.DataLoader[Any],
+        sampler: ResumableSampler,
+        views: nn.Module,
+        mean: Sequence[float],
+        std: Sequence[float],
+        device: torch.device,
+        generator: torch.Generator,
+        settings: LoopSettings,
+        meta: dict[str, Any],
+        dist_info: DistInfo | None = None,
+        model: nn.Module | None = None,
+    ) -> None:
+        self.method = method
+        self.model = model if model is not None else method
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.loader = loader
+        self.sampler = sampler
+        self.views = views
+        self.device = device
+        self.generator = generator
+        self.s = settings
+        self.meta = meta
+        self.dist = dist_info or DistInfo()
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.batch_size = int(loader.batch_size or 1)
+        self.global_batch = self.batch_size * self.dist.world_size
+        self.step = 0
+        self.bad_streak = 0
+        self.metrics = MetricsLogger(settings.out_dir, enabled=self.dist.is_main)
+        self.params = [p for g in optimizer.param_groups for p in g["params"]]
+
+    # ----------------------------------------------------------------- checkpoints
+    @property
+    def checkpoint_path(self) -> Path:
+        return Path(self.s.out_dir) / CHECKPOINT_NAME
+
+    def state(self) -> dict[str, Any]:
+        """The checkpoint payload (see :mod:`pathssl.train.checkpoint`)."""
+        rng = rng_state(self.generator)
+        rngs: list[Any] = [rng]
+        if self.dist.world_size > 1:
+            rngs = [None] * self.dist.world_size
+            dist.all_gather_object(rngs, rng)
+        return {
+            "trunk": trunk_state_dict(self.method.export_backbone()),
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "sampler": self.sampler.state_dict(self.step * self.global_batch),
+            "rng": rngs,
+            "step": self.step,
+            "meta": self.meta,
+        }
+
+    def save(self) -> Path | None:
+        payload = self.state()  # every rank takes part (RNG gather)
+        path = None
+        if self.dist.is_main:
+            path = save_checkpoint(self.checkpoint_path, payload)
+        if self.dist.world_size > 1:
+            dist.barrier()
+        return path
+
+    def resume(self, path: str | Path | None = None) -> bool:
+        """Load ``path`` (default ``out_dir/last.pt``) if it exists; True when resumed."""
+        path = Path(path) if path is not None else self.checkpoint_path
+        if not path.is_file():
+            return False
+        ckpt = load_checkpoint(path)
+        for key in ("method", "backbone"):
+            old, new = ckpt["meta"].get(key), self.meta.get(key)
+            if old != new:
+                raise ValueError(
+                    f"{path} was written for {key} {old!r}, this run is {new!r}: use another "
+                    "train.out_dir or train.resume=false"
+                )
+        self.method.load_state_dict(ckpt["method"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.sampler.load_state_dict(ckpt["sampler"])
+        rngs = ckpt["rng"]
+        set_rng_state(
+            rngs[self.dist.rank] if len(rngs) == self.dist.world_size else rngs[0], self.generator
+        )
+        self.step = int(ckpt["step"])
+        if self.dist.is_main:
+            truncate_metrics(self.metrics.path, self.step + 1)
+        return True
+
+    # ----------------------------------------------------------------- one step
+    def images(self, batch: dict[str, Any]) -> Tensor:
+        """The batch's tiles as ``(B, 3, S, S)`` uint8 on the device."""
+        if "jpeg" in batch:
+            return decode_jpeg_batch(batch["jpeg"], self.device)
+        x: Tensor = batch["image"]
+        return x.to(self.device, non_blocking=True)
+
+    @torch.no_grad()
+    def make_views(self, images: Tensor) -> list[Tensor]:
+        out = self.views(images, self.generator)
+        views = [(v.float() - self.mean) / self.std for v in out["views"]]
+        if self.s.channels_last:
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        return views
+
+    def train_step(self, batch: dict[str, Any]) -> tuple[bool, dict[str, Tensor]]:
+        """One optimisation step; returns (applied, detached logs). A step whose loss or
+        gradient norm is not finite is skipped: no parameter update, method buffers restored."""
+        views = self.make_views(self.images(batch))
+        snapshot = [b.detach().clone() for b in self.method.buffers()]
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.s.bf16):
+            out = self.model(views)
+        loss = out["loss"]
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # every rank runs backward (DDP all-reduces inside it)
+        self.method.on_after_backward(self.step)
+        grads = [p for p in self.params if p.grad is not None]
+        max_norm = self.s.clip_grad if self.s.clip_grad is not None else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(grads, max_norm) if grads else torch.zeros(())
+        finite = bool(torch.isfinite(loss.detach()).item() and torch.isfinite(grad_norm).item())
+        bad = any_true(not finite, self.device)
+        logs = {k: v.detach().float() for k, v in out.items()}
+        logs["grad_norm"] = grad_norm.detach().float()
+        if bad:
+            self.optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for b, saved in zip(self.method.buffers(), snapshot, strict=True):
+                    b.copy_(saved)
+        else:
+            self.optimizer.step()
+            self.method.on_step_end(self.step, self.s.max_steps)
+        with warnings.catch_warnings():  # a skipped first step: no optimizer.step() yet
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler")
+            self.scheduler.step()  # the schedule follows the step count, skipped steps included
+        return not bad, logs
+
+    # ----------------------------------------------------------------- the loop
+    def fit(self) -> dict[str, Any]:
+        """Train until ``max_steps``; returns the last logged values."""
+        from tqdm import tqdm
+
+        self.method.train()
+        it = iter(self.loader)
+        bar = tqdm(
+            total=self.s.max_steps,
+            initial=self.step,
+            unit="step",
+            disable=not (self.s.progress and self.dist.is_main),
+            dynamic_ncols=True,
+        )
+        sums: dict[str, Tensor] = {}
+        n_ok, t0, last = 0, time.perf_counter(), {}
+        start_step = self.step
+        try:
+            while self.step < self.s.max_steps:
+                batch = next(it)
+                lr = self.optimizer.param_groups[0]["lr"]
+                ok, logs = self.train_step(batch)
+                if ok:
+                    self.bad_streak = 0
+                    n_ok += 1
+                    for k, v in logs.items():
+                        sums[k] = sums[k] + v if k in sums else v
+                else:
+                    self.on_bad_step(logs)
+                self.step += 1
+                bar.update(1)
+                if self.step % self.s.log_every == 0 or self.step == self.s.max_steps:
+                    dt = time.perf_counter() - t0
+                    done = self.step - start_step
+                    last = {k: float(v.item()) / max(n_ok, 1) for k, v in sums.items()}
+                    last.update(lr=lr, images_per_s=done * self.global_batch / max(dt, 1e-9))
+                    self.metrics.log(self.step, "train", last)
+                    bar.set_postfix(
+                        loss=f"{last.get('loss', math.nan):.4f}",
+                        img_s=f"{last['images_per_s']:.1f}",
+                    )
+                    sums, n_ok, t0, start_step = {}, 0, time.perf_counter(), self.step
+                if self.step % self.s.ckpt_every == 0 or self.step == self.s.max_steps:
+                    t_save = time.perf_counter()
+                    self.save()
+                    t0 += time.perf_counter() - t_save  # images/s excludes checkpointing
+        finally:
+            bar.close()
+            self.metrics.close()
+        return last
+
+    def on_bad_step(self, logs: dict[str, Tensor]) -> None:
+        self.bad_streak += 1
+        values = {k: float(v.item()) for k, v in logs.items()}
+        self.metrics.log(self.step + 1, "skipped", {"reason": "non-finite loss or gradient", **values})
+        if self.dist.is_main:
+            print(
+                f"step {self.step + 1}: non-finite loss {values.get('loss')} / grad norm "
+                f"{values.get('grad_norm')}; step skipped ({self.bad_streak} in a row)",
+                flush=True,
+            )
+        if self.bad_streak >= self.s.max_bad_steps:
+            raise TrainingDiverged(
+                f"training diverged: {self.bad_streak} consecutive steps (up to step "
+                f"{self.step}) had a non-finite loss or gradient. Lower optim.lr, set "
+                "optim.clip_grad, or use train.precision=fp32; the last good checkpoint is "
+                f"{self.checkpoint_path}"
+            )

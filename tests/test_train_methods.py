@@ -1,0 +1,90 @@
+"""Every registered SSL method x a tiny backbone runs 2 steps through the real training loop
+(config -> build -> Trainer.fit) on a tiny real tile store, with 64x64 views."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from pathssl.ssl import METHODS
+from pathssl.train import build_trainer, load_checkpoint, load_config
+from pathssl.train.metrics import read_metrics
+
+# small heads / views for the CPU; backbones: ViT-only methods and a few others on vit_tiny
+TINY: dict[str, dict[str, Any]] = {
+    "simclr": {"proj_hidden_dim": 64, "proj_dim": 32},
+    "moco_v2": {"proj_hidden_dim": 64, "proj_dim": 32, "queue_size": 64},
+    "moco_v3": {"hidden_dim": 64, "out_dim": 32},
+    "byol": {"proj_hidden_dim": 64, "proj_dim": 32},
+    "barlow_twins": {"proj_dim": 64},
+    "swav": {"proj_hidden_dim": 64, "proj_dim": 32, "num_prototypes": 16},
+    "dino": {"out_dim": 128, "hidden_dim": 64, "bottleneck_dim": 32},
+    "mae": {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2},
+    "maskfeat": {},
+}
+MULTI_CROP = {"local_size": 32, "n_local": 2}
+VIT = {"mae", "maskfeat", "dino", "moco_v3"}
+
+
+def tiny_overrides(method: str, store: Path, out: Path, steps: int = 2) -> list[str]:
+    """``key=value`` overrides for a tiny CPU run of ``method``."""
+    aug: dict[str, Any] = {"size": 64}
+    if method in ("dino", "swav"):
+        aug.update(MULTI_CROP)
+    ov = [
+        f"method.name={method}",
+        f"method.params={TINY.get(method, {})}",
+        f"model.backbone={'vit_tiny' if method in VIT else 'resnet18'}",
+        f"augment.params={aug}",
+        f"data.stores=[{store}]",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "data.norm_tiles=8",
+        "optim.name=adamw",
+        "optim.lr=0.0005",
+        "optim.lr_scaling=none",
+        f"train.max_steps={steps}",
+        f"train.ckpt_every={steps}",
+        "train.log_every=1",
+        f"train.out_dir={out}",
+        "train.threads=1",
+        "train.progress=false",
+    ]
+    return ov
+
+
+@pytest.fixture(scope="module")
+def store(cmu_slide: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tiling import tile_slides
+
+    out = tmp_path_factory.mktemp("tiles")
+    tile_slides([cmu_slide], out, mpp=0.5, size=224, progress=False, report=False)
+    return out
+
+
+def test_every_method_is_covered() -> None:
+    assert set(METHODS.names()) <= set(TINY), "add tiny settings for new methods"
+
+
+@pytest.mark.parametrize("method", METHODS.names())
+def test_two_steps_through_the_loop(method: str, store: Path, tmp_path: Path) -> None:
+    cfg = load_config(None, tiny_overrides(method, store, tmp_path))
+    trainer = build_trainer(cfg)
+    trainer.fit()
+    assert trainer.step == 2
+    records = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "train"]
+    assert [r["step"] for r in records] == [1, 2]
+    for r in records:
+        assert math.isfinite(r["loss"]), r
+        assert "embed_std" in r and r["images_per_s"] > 0
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["step"] == 2
+    assert ckpt["meta"]["method"] == method
+    assert ckpt["meta"]["tile_mpp"] == pytest.approx(0.499)
+    assert len(ckpt["meta"]["mean"]) == 3 and all(0 < s < 1 for s in ckpt["meta"]["std"])
+    assert int(ckpt["method"]["global_step"]) == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["trunk"].values() if v.is_floating_point())
