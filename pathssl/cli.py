@@ -26,6 +26,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "pretrain": ("pathssl.commands.pretrain", "pretrain an encoder with a self-supervised method"),
     "embed": ("pathssl.commands.embed", "write one feature vector per tile of a store"),
+    "eval": ("pathssl.commands.eval", "tile classification on frozen features: metrics + plots"),
+    "nuclei": (
+        "pathssl.commands.nuclei",
+        "nuclei segmentation + classification: train|predict|evaluate",
+    ),
 }
 
 

@@ -23,6 +23,7 @@ LAYERS: dict[str, int] = {
     "pathssl.train": 5,
     "pathssl.eval": 5,
     "pathssl.export": 5,
+    "pathssl.nuclei": 5,
     "pathssl.commands": 6,
     "pathssl.cli": 6,
 }

@@ -103,7 +103,7 @@ def mask_fractions(mask: np.ndarray, grid: Grid, mask_downsample: float) -> np.n
     """
     if grid.rows == 0 or grid.cols == 0:
         return np.zeros((grid.rows, grid.cols), np.float32)
-    integral = cv2.integral(mask.astype(np.uint8)).astype(np.float64)
+    integral = cv2.integral(mask.astype(np.uint8))  # int32 (h + 1, w + 1)
     per = grid.level0_per_tile_px / mask_downsample  # mask px per tile px
     start_c = np.arange(grid.cols) * grid.stride * per
     start_r = np.arange(grid.rows) * grid.stride * per

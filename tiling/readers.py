@@ -92,7 +92,9 @@ class TiffJpegReader:
         self.counts = np.asarray(page.databytecounts, dtype=np.int64)  # type: ignore[attr-defined]
         self.tables = page.jpegtables  # type: ignore[attr-defined]
         self.colorspace = _COLORSPACE[int(page.photometric)]  # type: ignore[attr-defined]
-        self.capacity = max(8, cache_bytes // (self.tw * self.th * 3))
+        # two rows of source tiles let a row-by-row walk decode every tile once; never more
+        # than the byte budget, so memory is flat whatever the slide's size
+        self.capacity = max(8, min(2 * self.cols + 8, cache_bytes // (self.tw * self.th * 3)))
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._free: list[np.ndarray] = []  # evicted tiles' memory, decoded into again
         self._fd = os.open(str(path), os.O_RDONLY)

@@ -260,7 +260,9 @@ class Trainer:
     def on_bad_step(self, logs: dict[str, Tensor]) -> None:
         self.bad_streak += 1
         values = {k: float(v.item()) for k, v in logs.items()}
-        self.metrics.log(self.step + 1, "skipped", {"reason": "non-finite loss or gradient", **values})
+        self.metrics.log(
+            self.step + 1, "skipped", {"reason": "non-finite loss or gradient", **values}
+        )
         if self.dist.is_main:
             print(
                 f"step {self.step + 1}: non-finite loss {values.get('loss')} / grad norm "
