@@ -26,7 +26,7 @@ from tiling.errors import ConfigError
 from tiling.grid import Grid, make_grid, mask_fractions, stream_thumbnail, thumbnail_factor
 from tiling.readers import make_reader
 from tiling.slide import choose_level, open_slide, resolve_mpp
-from tiling.store import SHARD_TILES, StoreWriter, commit, encode_shard, shard_name
+from tiling.store import SHARD_TILES, StoreWriter, commit, shard_name, shard_parts, write_all
 
 QC_NAMES = ("tissue", "pen", "blur", "white")
 
@@ -54,7 +54,7 @@ class TileOptions:
     shard_tiles: int = SHARD_TILES
     max_upsample: float = 1.10
     fast_reader: bool = True
-    band_tiles: int = 16
+    band_tiles: int = 32
 
     @property
     def target_mpp(self) -> float:
@@ -285,7 +285,7 @@ def tile_job(
             shard_name(shard), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=tiles_dir
         )
         try:
-            os.write(fd, encode_shard(chunks))
+            write_all(fd, shard_parts(chunks))
         finally:
             os.close(fd)
         pending.clear()

@@ -41,25 +41,38 @@ def shard_name(shard: int) -> str:
     return f"{shard}.0.0.0"
 
 
-def encode_shard(chunks: Sequence[bytes | None]) -> bytes:
-    """One shard file of the zarr v3 ``sharding_indexed`` codec: the inner chunks' bytes, then
-    the index ((offset, nbytes) uint64 little-endian per inner chunk, (2^64-1, 2^64-1) for a
-    missing one) and its CRC32C, as zarr's default index codecs write it."""
+def shard_parts(chunks: Sequence[bytes | None]) -> list[bytes]:
+    """One shard file of the zarr v3 ``sharding_indexed`` codec, as a list of byte strings to
+    write in order: the inner chunks' bytes, then the index ((offset, nbytes) uint64
+    little-endian per inner chunk, (2^64-1, 2^64-1) for a missing one) and its CRC32C, as zarr's
+    default index codecs write it."""
     index = np.full((len(chunks), 2), _EMPTY, dtype="<u8")
-    offset = 0
-    for i, data in enumerate(chunks):
-        if data is not None:
-            index[i] = (offset, len(data))
-            offset += len(data)
+    sizes = np.array([-1 if c is None else len(c) for c in chunks], np.int64)
+    present = sizes >= 0
+    index[present, 1] = sizes[present]
+    index[present, 0] = np.cumsum(sizes[present]) - sizes[present]
     index_bytes = index.tobytes()
     crc = google_crc32c.value(index_bytes).to_bytes(4, "little")
-    return b"".join(c for c in chunks if c is not None) + index_bytes + crc
+    return [c for c in chunks if c is not None] + [index_bytes, crc]
+
+
+def write_all(fd: int, parts: Sequence[bytes]) -> None:
+    """Write every byte of ``parts`` to ``fd`` (``os.writev``; short writes are continued, so a
+    full disk raises instead of leaving a truncated file)."""
+    views = [memoryview(p) for p in parts if len(p)]
+    while views:
+        done = os.writev(fd, views[:1024])
+        while views and done >= len(views[0]):
+            done -= len(views[0])
+            views.pop(0)
+        if done:
+            views[0] = views[0][done:]
 
 
 class StoreWriter:
     """Creates a store at ``path`` (a temporary folder) and finalises it.
 
-    Tiles are written as whole shard files (:func:`encode_shard`, any process any shard);
+    Tiles are written as whole shard files (:func:`shard_parts`, any process any shard);
     :meth:`finish` writes coords, QC, thumbnail, mask and the attributes, ``complete`` last.
     """
 
