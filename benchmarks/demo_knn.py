@@ -36,15 +36,23 @@ def nucleus_crops(data: Path, crop: int) -> tuple[np.ndarray, np.ndarray, np.nda
     centroids ``(N, 2)`` x, y. Nuclei too close to the border are dropped."""
     import cv2
 
-    img = cv2.cvtColor(cv2.imread(str(data / "nuclei" / "hgsc_nest.jpg")), cv2.COLOR_BGR2RGB)
+    bgr = cv2.imread(str(data / "nuclei" / "hgsc_nest.jpg"), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise FileNotFoundError(f"cannot read {data / 'nuclei' / 'hgsc_nest.jpg'}")
+    img = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     inst = np.load(data / "nuclei" / "hgsc_nest_inst_mask.npz")["nuc_raster"]
     types = np.load(data / "nuclei" / "hgsc_nest_type_mask.npz")["nuc_raster"]
     h, w = inst.shape
     half = crop // 2
     crops, labels, centres = [], [], []
-    ids = np.unique(inst)
-    for i in ids[ids > 0]:
-        ys, xs = np.nonzero(inst == i)
+    flat = inst.ravel()
+    order = np.argsort(flat, kind="stable")
+    bounds = np.searchsorted(flat[order], np.arange(1, int(flat.max()) + 2))
+    for i in range(1, int(flat.max()) + 1):
+        pix = order[bounds[i - 1] : bounds[i]]
+        if len(pix) == 0:
+            continue
+        ys, xs = np.divmod(pix, w)
         t = types[ys, xs]
         t = t[t > 0]
         if len(t) == 0:

@@ -127,3 +127,20 @@ def test_slide_balanced_sampling() -> None:
     )
     assert plain[1] / 5000 == pytest.approx(0.1, abs=0.02)
     assert balanced[1] / 5000 == pytest.approx(0.5, abs=0.05)
+
+
+def test_loader_workers_give_the_same_batches(store_dir: Path) -> None:
+    ds = TileDataset([store_dir])
+
+    def batches(workers: int) -> list[torch.Tensor]:
+        sampler = ResumableSampler(ds.slide_index, seed=2)
+        sampler.load_state_dict(sampler.state_dict(consumed=40))  # wraps into epoch 2
+        loader = torch.utils.data.DataLoader(
+            ds, batch_size=8, sampler=sampler, num_workers=workers, collate_fn=collate_uint8
+        )
+        it = iter(loader)
+        return [next(it)["index"] for _ in range(3)]
+
+    expect = take(ResumableSampler(ds.slide_index, seed=2), 40 + 24)[40:]
+    for got in (batches(0), batches(2)):
+        assert torch.cat(got).tolist() == expect

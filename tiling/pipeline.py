@@ -246,7 +246,7 @@ def _band(
     return band
 
 
-def qc_steps(size: int, colour: int = 4, blur: int = 2) -> tuple[int, int]:
+def qc_steps(size: int, colour: int = 8, blur: int = 4) -> tuple[int, int]:
     """Subsampling steps for the QC scores that divide the tile size."""
 
     def fit(step: int) -> int:

@@ -38,22 +38,25 @@ Every metric returns ``nan`` (never raises) when it is undefined, e.g. on two em
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.optimize import linear_sum_assignment
-from scipy.spatial.distance import cdist
 
+from pathssl.eval.detection import (
+    DetectionCounts,
+    DetectionScores,
+    detection_counts,
+    detection_scores,
+    match_centroids,
+)
 from pathssl.eval.instances import (
     InstanceOverlap,
     Types,
-    instance_centroids,
     instance_classes,
     instance_overlap,
     max_weight_matching,
-    relabel,
 )
 
 __all__ = [
@@ -82,7 +85,7 @@ def _ratio(num: float, den: float) -> float:
     return float(num) / float(den) if den > 0 else float("nan")
 
 
-def _nanmean(values: Sequence[float]) -> float:
+def _nanmean(values: Sequence[float] | NDArray[np.float64]) -> float:
     arr = np.asarray(values, dtype=np.float64)
     arr = arr[~np.isnan(arr)]
     return float(arr.mean()) if arr.size else float("nan")
@@ -198,7 +201,9 @@ def panoptic_quality(
         t_cls = instance_classes(t_lab, table.true_ids, true_types)
         p_cls = instance_classes(p_lab, table.pred_ids, pred_types)
         if classes is None:
-            classes = sorted(set(np.unique(t_cls).tolist()) | set(np.unique(p_cls).tolist()) - {0})
+            classes = sorted(
+                (set(np.unique(t_cls).tolist()) | set(np.unique(p_cls).tolist())) - {0}
+            )
         for c in classes:
             same = (t_cls[ti] == c) & (p_cls[pj] == c)
             m = np.zeros_like(same)
@@ -336,7 +341,7 @@ def dice(true: IntMap, pred: IntMap) -> float:
     if true.shape != pred.shape:
         raise ValueError(f"true {true.shape} and pred {pred.shape} differ in shape")
     a, b = true > 0, pred > 0
-    return _ratio(2.0 * np.count_nonzero(a & b), np.count_nonzero(a) + np.count_nonzero(b))
+    return _ratio(2.0 * np.count_nonzero(a & b), float(np.count_nonzero(a) + np.count_nonzero(b)))
 
 
 def dice2(true: IntMap, pred: IntMap) -> float:
@@ -345,128 +350,3 @@ def dice2(true: IntMap, pred: IntMap) -> float:
     table, _, _ = instance_overlap(true, pred)
     total = table.true_area[table.true_index] + table.pred_area[table.pred_index]
     return _ratio(2.0 * float(table.inter.sum()), float(total.sum()))
-
-
-# ----------------------------------------------------------------------------- detection
-
-
-def match_centroids(
-    true_yx: NDArray[np.floating], pred_yx: NDArray[np.floating], radius: float = 12.0
-) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """HoVer-Net ``pair_coordinates``: Hungarian matching of ``(N, 2)`` and ``(M, 2)`` points on
-    Euclidean distance over all pairs, then pairs farther than ``radius`` dropped. Returns the
-    paired row indices into ``true_yx`` and ``pred_yx``."""
-    if len(true_yx) == 0 or len(pred_yx) == 0:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty.copy()
-    dist = cdist(np.asarray(true_yx, dtype=np.float64), np.asarray(pred_yx, dtype=np.float64))
-    rows, cols = linear_sum_assignment(dist)
-    keep = dist[rows, cols] <= radius
-    return rows[keep].astype(np.int64), cols[keep].astype(np.int64)
-
-
-@dataclass(frozen=True)
-class DetectionCounts:
-    """Classes of paired and unpaired nuclei (accumulate over images with ``+``)."""
-
-    paired_true: NDArray[np.int64]
-    paired_pred: NDArray[np.int64]
-    unpaired_true: NDArray[np.int64]
-    unpaired_pred: NDArray[np.int64]
-
-    def __add__(self, other: DetectionCounts) -> DetectionCounts:
-        return DetectionCounts(
-            *(
-                np.concatenate([a, b])
-                for a, b in zip(
-                    (self.paired_true, self.paired_pred, self.unpaired_true, self.unpaired_pred),
-                    (other.paired_true, other.paired_pred, other.unpaired_true, other.unpaired_pred),
-                    strict=True,
-                )
-            )
-        )
-
-
-def detection_counts(
-    true: IntMap,
-    pred: IntMap,
-    true_types: Types | None = None,
-    pred_types: Types | None = None,
-    radius: float = 12.0,
-) -> DetectionCounts:
-    """Centroid pairing of one image (:func:`match_centroids`) with the class of every nucleus
-    (all 1 without types)."""
-    t_lab, t_ids, _ = relabel(true)
-    p_lab, p_ids, _ = relabel(pred)
-    ti, pj = match_centroids(
-        instance_centroids(t_lab, t_ids.size), instance_centroids(p_lab, p_ids.size), radius
-    )
-    t_cls = instance_classes(t_lab, t_ids, true_types)
-    p_cls = instance_classes(p_lab, p_ids, pred_types)
-    t_un = np.ones(t_ids.size, dtype=bool)
-    p_un = np.ones(p_ids.size, dtype=bool)
-    t_un[ti] = False
-    p_un[pj] = False
-    return DetectionCounts(t_cls[ti], p_cls[pj], t_cls[t_un], p_cls[p_un])
-
-
-@dataclass(frozen=True)
-class DetectionScores:
-    """Detection F1 / precision / recall, type accuracy over paired nuclei, per-class F1."""
-
-    f1: float
-    precision: float
-    recall: float
-    type_accuracy: float
-    per_class_f1: dict[int, float]
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "f1_d": self.f1,
-            "precision_d": self.precision,
-            "recall_d": self.recall,
-            "type_accuracy": self.type_accuracy,
-            "per_class_f1": {str(k): v for k, v in self.per_class_f1.items()},
-        }
-
-
-def detection_scores(
-    counts: DetectionCounts | Sequence[DetectionCounts], classes: Sequence[int] | None = None
-) -> DetectionScores:
-    """Detection and classification F1 (HoVer-Net ``run_nuclei_type_stat``; module docstring).
-
-    Per-class ``F1_c = 2TP_c / (2TP_c + 2FP_c + 2FN_c + FP_d,c + FN_d,c)``: among paired nuclei,
-    ``TP_c`` both c, ``FP_c`` pred c / true not c, ``FN_c`` true c / pred not c; ``FP_d,c`` and
-    ``FN_d,c`` unpaired predictions / true nuclei of class c.
-    """
-    if not isinstance(counts, DetectionCounts):
-        if not counts:
-            raise ValueError("no detection counts given")
-        total = counts[0]
-        for c in counts[1:]:
-            total = total + c
-        counts = total
-    pt, pp, ut, up = counts.paired_true, counts.paired_pred, counts.unpaired_true, counts.unpaired_pred
-    tp, fp, fn = pt.size, up.size, ut.size
-    if classes is None:
-        seen = np.concatenate([pt, pp, ut, up])
-        classes = sorted(set(np.unique(seen).tolist()) - {0})
-    per_class: dict[int, float] = {}
-    for c in classes:
-        tp_c = int(((pt == c) & (pp == c)).sum())
-        fp_c = int(((pt != c) & (pp == c)).sum())
-        fn_c = int(((pt == c) & (pp != c)).sum())
-        den = 2 * tp_c + 2 * fp_c + 2 * fn_c + int((up == c).sum()) + int((ut == c).sum())
-        per_class[int(c)] = _ratio(2 * tp_c, den)
-    return DetectionScores(
-        f1=_ratio(2 * tp, 2 * tp + fp + fn),
-        precision=_ratio(tp, tp + fp),
-        recall=_ratio(tp, tp + fn),
-        type_accuracy=_ratio(int((pt == pp).sum()), tp),
-        per_class_f1=per_class,
-    )
-
-
-def class_map_from_types(types: Mapping[int, int]) -> dict[int, int]:
-    """Normalise a ``{id: class}`` mapping to plain ints (e.g. from JSON string keys)."""
-    return {int(k): int(v) for k, v in types.items()}

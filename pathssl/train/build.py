@@ -144,6 +144,10 @@ def build_trainer(
         dist_info, device = init_distributed(t.device)
     if t.threads:
         torch.set_num_threads(t.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
     recipe = build_views(cfg)
     encoded = cfg.data.decode == "device" or (cfg.data.decode == "auto" and device.type == "cuda")

@@ -9,6 +9,7 @@ Checkpoints every ``ckpt_every`` steps (atomic) allow an exact resume.
 
 from __future__ import annotations
 
+import io
 import math
 import time
 import warnings
@@ -110,9 +111,12 @@ class Trainer:
         """The checkpoint payload (see :mod:`pathssl.train.checkpoint`)."""
         rng = rng_state(self.generator)
         rngs: list[Any] = [rng]
-        if self.dist.world_size > 1:
-            rngs = [None] * self.dist.world_size
-            dist.all_gather_object(rngs, rng)
+        if self.dist.world_size > 1:  # gather as bytes: pickled tensors break all_gather_object
+            buf = io.BytesIO()
+            torch.save(rng, buf)
+            blobs: list[Any] = [None] * self.dist.world_size
+            dist.all_gather_object(blobs, buf.getvalue())
+            rngs = [torch.load(io.BytesIO(b), weights_only=True) for b in blobs]
         return {
             "trunk": trunk_state_dict(self.method.export_backbone()),
             "method": self.method.state_dict(),
@@ -188,8 +192,12 @@ class Trainer:
         self.method.on_after_backward(self.step)
         grads = [p for p in self.params if p.grad is not None]
         max_norm = self.s.clip_grad if self.s.clip_grad is not None else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(grads, max_norm) if grads else torch.zeros(())
-        finite = bool(torch.isfinite(loss.detach()).item() and torch.isfinite(grad_norm).item())
+        grad_norm = (
+            torch.nn.utils.clip_grad_norm_(grads, max_norm)
+            if grads
+            else torch.zeros((), device=self.device)
+        )
+        finite = bool((torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)).item())
         bad = any_true(not finite, self.device)
         logs = {k: v.detach().float() for k, v in out.items()}
         logs["grad_norm"] = grad_norm.detach().float()

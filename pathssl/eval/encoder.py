@@ -1,0 +1,169 @@
+"""Encoders for evaluation: build or load one, extract frozen features, fine-tune end to end.
+
+A pretraining checkpoint (``pathssl pretrain``) is a ``torch.save`` dict with ``"trunk"`` (a
+torchvision-named backbone state dict) and ``"meta"`` (``backbone`` name, optional
+``backbone_params`` / ``image_size``, normalisation ``mean`` / ``std``, ``tile_mpp``); see
+``pathssl/train/checkpoint.py``. Without a checkpoint the backbone is randomly initialised (a
+useful floor for any probe).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from pathssl.eval.probes import ProbeOutput
+from pathssl.models.backbones import Backbone, build_backbone
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Encoder:
+    """A backbone ``(B, 3, H, W) -> (B, D)`` with the normalisation its training used."""
+
+    model: Backbone
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    name: str
+    tile_mpp: float | None = None
+
+    def normalise(self, images: Tensor) -> Tensor:
+        """``(B, 3, H, W)`` uint8 -> normalised float32."""
+        m = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
+        s = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
+        return (images.float() / 255.0 - m) / s
+
+
+def load_encoder(
+    backbone: str | None = None,
+    checkpoint: str | Path | None = None,
+    image_size: int = 224,
+    seed: int = 0,
+) -> Encoder:
+    """The checkpoint's trunk (its ``meta`` names the backbone and normalisation), or, without a
+    checkpoint, a randomly initialised ``backbone`` (seeded) with ImageNet normalisation."""
+    if checkpoint is None:
+        if backbone is None:
+            raise ValueError("give a backbone name or a checkpoint")
+        torch.manual_seed(seed)
+        params: dict[str, Any] = {"image_size": image_size} if backbone.startswith("vit") else {}
+        model = build_backbone(backbone, **params)
+        return Encoder(model.eval(), IMAGENET_MEAN, IMAGENET_STD, backbone)
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    meta: dict[str, Any] = ckpt.get("meta", {})
+    name = str(meta.get("backbone", backbone))
+    if backbone is not None and name != backbone:
+        raise ValueError(f"checkpoint {path} holds a {name} trunk, config asks for {backbone}")
+    params = dict(meta.get("backbone_params", {}))
+    if name.startswith("vit"):
+        params.setdefault("image_size", int(meta.get("image_size", image_size)))
+    model = build_backbone(name, **params)
+    model.load_state_dict(ckpt["trunk"])
+    mean = tuple(float(v) for v in meta.get("mean", IMAGENET_MEAN))
+    std = tuple(float(v) for v in meta.get("std", IMAGENET_STD))
+    mpp = meta.get("tile_mpp")
+    return Encoder(
+        model.eval(),
+        (mean[0], mean[1], mean[2]),
+        (std[0], std[1], std[2]),
+        name,
+        float(mpp) if mpp is not None else None,
+    )
+
+
+def _loader(dataset: Dataset[tuple[Tensor, int]], batch_size: int, shuffle: bool) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=0)
+
+
+@torch.no_grad()
+def extract_features(
+    encoder: Encoder,
+    dataset: Dataset[tuple[Tensor, int]],
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+) -> tuple[Tensor, Tensor]:
+    """Frozen features ``(N, D)`` float32 and labels ``(N,)`` int64 of a dataset of
+    ``((3, H, W) uint8, label)`` items, on the CPU."""
+    model = encoder.model.to(device).eval()
+    feats, labels = [], []
+    for images, y in _loader(dataset, batch_size, shuffle=False):
+        feats.append(model(encoder.normalise(images.to(device))).float().cpu())
+        labels.append(torch.as_tensor(y).long())
+    if not feats:
+        raise ValueError("empty dataset")
+    return torch.cat(feats), torch.cat(labels)
+
+
+def fine_tune(
+    encoder: Encoder,
+    train: Dataset[tuple[Tensor, int]],
+    num_classes: int,
+    epochs: int = 10,
+    lr: float = 1e-4,
+    weight_decay: float = 1e-4,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> nn.Module:
+    """Full fine-tuning: the encoder plus a linear layer trained end to end with AdamW on
+    cross-entropy (all weights updated). Returns the classifier ``(B, 3, H, W) uint8 -> logits``
+    (normalisation included)."""
+    torch.manual_seed(seed)
+    classifier = _Classifier(encoder, num_classes).to(device)
+    opt = torch.optim.AdamW(classifier.parameters(), lr=lr, weight_decay=weight_decay)
+    classifier.train()
+    for _ in range(epochs):
+        for images, y in _loader(train, batch_size, shuffle=True):
+            loss = nn.functional.cross_entropy(classifier(images.to(device)), y.long().to(device))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return classifier.eval()
+
+
+class _Classifier(nn.Module):
+    def __init__(self, encoder: Encoder, num_classes: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.trunk = encoder.model
+        self.head = nn.Linear(feature_dim(encoder), num_classes)
+
+    def forward(self, images: Tensor) -> Tensor:
+        out: Tensor = self.head(self.trunk(self.encoder.normalise(images)))
+        return out
+
+
+@torch.no_grad()
+def predict(
+    classifier: nn.Module,
+    dataset: Dataset[tuple[Tensor, int]],
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+) -> tuple[ProbeOutput, np.ndarray]:
+    """Predictions of a fine-tuned classifier and the dataset's ``(N,)`` labels."""
+    classifier.eval()
+    probas, labels = [], []
+    for images, y in _loader(dataset, batch_size, shuffle=False):
+        probas.append(torch.softmax(classifier(images.to(device)).double(), dim=1).cpu())
+        labels.append(torch.as_tensor(y).long())
+    p = torch.cat(probas)
+    return (
+        ProbeOutput(p.argmax(dim=1).numpy().astype(np.int64), p.numpy()),
+        torch.cat(labels).numpy(),
+    )
+
+
+def feature_dim(encoder: Encoder) -> int:
+    """Output width D of the encoder (the backbones' ``embed_dim``)."""
+    return int(encoder.model.embed_dim)

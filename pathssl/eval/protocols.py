@@ -1,0 +1,82 @@
+"""Run the frozen-feature protocols and score them: one call, one JSON-ready dict.
+
+``evaluate_features`` takes train/test features and labels and runs the linear probe, kNN and
+few-shot episodes (each optional), scoring every prediction with
+:func:`pathssl.eval.classification.classification_metrics`. Few-shot results are summarised as
+mean and standard deviation over episodes for each ``n``-shot setting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pathssl.eval.classification import classification_metrics
+from pathssl.eval.probes import ProbeOutput, few_shot_episodes, knn_probe, linear_probe
+
+SUMMARY_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "ece")
+
+
+def score(output: ProbeOutput, labels: Tensor | np.ndarray, num_classes: int) -> dict[str, Any]:
+    """Metrics of one set of predictions against ``(N,)`` labels."""
+    y = labels.cpu().numpy() if isinstance(labels, Tensor) else np.asarray(labels)
+    return classification_metrics(y.astype(np.int64), output.pred, output.proba, num_classes)
+
+
+def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"episodes": len(runs)}
+    for key in SUMMARY_KEYS:
+        values = np.array([r[key] for r in runs], dtype=np.float64)
+        values = values[~np.isnan(values)]
+        out[key] = {
+            "mean": float(values.mean()) if values.size else float("nan"),
+            "std": float(values.std()) if values.size else float("nan"),
+        }
+    return out
+
+
+def evaluate_features(
+    train_x: Tensor,
+    train_y: Tensor,
+    test_x: Tensor,
+    test_y: Tensor,
+    num_classes: int,
+    linear: bool = True,
+    l2: float = 1e-4,
+    max_iter: int = 500,
+    knn_k: int | None = 20,
+    few_shots: Sequence[int] = (),
+    episodes: int = 100,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """``{"linear": metrics, "knn": metrics, "fewshot": {"n": summary}}`` (absent = not run).
+
+    Args:
+        train_x, test_x: ``(N, D)`` frozen features; train_y, test_y: ``(N,)`` class indices.
+        linear: run the logistic-regression probe (``l2``, ``max_iter``).
+        knn_k: k of the kNN probe (``None`` skips it).
+        few_shots: n of each SimpleShot setting, ``episodes`` episodes each, seeded by ``seed``.
+    """
+    torch.manual_seed(seed)
+    results: dict[str, dict[str, Any]] = {}
+    if linear:
+        out = linear_probe(train_x, train_y, test_x, num_classes, l2=l2, max_iter=max_iter)
+        results["linear"] = score(out, test_y, num_classes)
+    if knn_k is not None:
+        out = knn_probe(train_x, train_y, test_x, num_classes, k=knn_k)
+        results["knn"] = {"k": knn_k, **score(out, test_y, num_classes)}
+    if few_shots:
+        results["fewshot"] = {}
+        for n in few_shots:
+            runs = [
+                score(o, test_y, num_classes)
+                for o in few_shot_episodes(
+                    train_x, train_y, test_x, num_classes, n, episodes=episodes, seed=seed + n
+                )
+            ]
+            results["fewshot"][str(n)] = _summary(runs)
+    return results

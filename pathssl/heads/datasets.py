@@ -1,0 +1,189 @@
+"""Nuclei datasets: labelled images in memory and random training crops with targets.
+
+A :class:`LabelledImage` is an RGB image ``(H, W, 3)`` uint8 with an instance map ``(H, W)``
+(0 = background, one id per nucleus) and a type map ``(H, W)`` (0 = background, 1..T). Loaders:
+
+* PanNuke (Gamper et al. 2020): ``images.npy`` ``(N, 256, 256, 3)``, ``masks.npy``
+  ``(N, 256, 256, 6)`` with one instance channel per class (neoplastic, inflammatory,
+  connective, dead, epithelial) and background last, ``types.npy`` ``(N,)`` tissue names;
+* CoNSeP (Graham et al. 2019) / Lizard (Graham et al. 2021) ``.mat`` labels: ``inst_map`` and
+  either ``type_map`` (CoNSeP) or per-nucleus ``id`` + ``class`` (Lizard), with the image file;
+* an image file + instance/type ``.npz`` pair (``hgsc_nest*``; key ``nuc_raster``).
+
+:class:`NucleiCropDataset` draws a random crop and one dihedral transform, applies that ONE draw
+to the image and both maps together (``pathssl.augment.Dihedral``, an albumentations
+``DualTransform``), then computes HV targets on the crop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from pathssl.heads.targets import make_targets
+
+PANNUKE_TYPES = ("neoplastic", "inflammatory", "connective", "dead", "epithelial")
+HGSC_TYPES = ("connective", "inflammatory", "neoplastic")
+
+
+@dataclass
+class LabelledImage:
+    """One labelled image; ``name`` for reports, ``tissue`` for PanNuke's per-tissue scores."""
+
+    image: NDArray[np.uint8]
+    inst: NDArray[np.int32]
+    types: NDArray[np.int32]
+    name: str = ""
+    tissue: str = ""
+
+    def __post_init__(self) -> None:
+        h, w = self.image.shape[:2]
+        if self.image.ndim != 3 or self.image.shape[2] != 3 or self.image.dtype != np.uint8:
+            raise ValueError(f"{self.name}: image must be (H, W, 3) uint8, got {self.image.shape}")
+        if self.inst.shape != (h, w) or self.types.shape != (h, w):
+            raise ValueError(f"{self.name}: maps {self.inst.shape}/{self.types.shape} != {(h, w)}")
+
+    def region(self, x: int, y: int, w: int, h: int) -> LabelledImage:
+        """The sub-image ``[y:y+h, x:x+w]`` (views, no copy)."""
+        sl = np.s_[y : y + h, x : x + w]
+        return LabelledImage(self.image[sl], self.inst[sl], self.types[sl], self.name, self.tissue)
+
+
+def read_rgb(path: str | Path) -> NDArray[np.uint8]:
+    """An image file as ``(H, W, 3)`` RGB uint8."""
+    import cv2
+
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise FileNotFoundError(f"cannot read image {path}")
+    return np.ascontiguousarray(bgr[..., ::-1])
+
+
+def load_npz_pair(
+    image: str | Path, inst_npz: str | Path, type_npz: str | Path | None = None, key: str = "nuc_raster"
+) -> LabelledImage:
+    """An image + instance (+ type) ``.npz`` pair; without a type map all nuclei are type 1."""
+    inst = np.load(inst_npz)[key].astype(np.int32)
+    types = (
+        np.load(type_npz)[key].astype(np.int32) if type_npz else (inst > 0).astype(np.int32)
+    )
+    return LabelledImage(read_rgb(image), inst, np.where(inst > 0, types, 0), Path(image).stem)
+
+
+def load_mat_labels(path: str | Path) -> tuple[NDArray[np.int32], NDArray[np.int32]]:
+    """CoNSeP/Lizard ``.mat`` labels -> (instance map, type map)."""
+    from scipy.io import loadmat
+
+    mat = loadmat(str(path))
+    inst = np.asarray(mat["inst_map"]).astype(np.int32)
+    if "type_map" in mat:  # CoNSeP
+        types = np.asarray(mat["type_map"]).astype(np.int32)
+    elif "class" in mat and "id" in mat:  # Lizard: class of each listed instance id
+        lut = np.zeros(int(inst.max()) + 1, np.int32)
+        ids = np.asarray(mat["id"]).ravel().astype(np.int64)
+        lut[ids[ids <= inst.max()]] = np.asarray(mat["class"]).ravel()[ids <= inst.max()]
+        types = lut[inst]
+    else:
+        types = (inst > 0).astype(np.int32)
+    return inst, np.where(inst > 0, types, 0).astype(np.int32)
+
+
+def load_mat_image(image: str | Path, mat: str | Path) -> LabelledImage:
+    inst, types = load_mat_labels(mat)
+    return LabelledImage(read_rgb(image), inst, types, Path(image).stem)
+
+
+def pannuke_maps(masks: NDArray[np.generic]) -> tuple[NDArray[np.int32], NDArray[np.int32]]:
+    """One PanNuke ``(H, W, 6)`` mask -> (instance map, type map 1..5); instance ids are made
+    unique across the class channels (PanNuke reuses ids between channels)."""
+    inst = np.zeros(masks.shape[:2], np.int32)
+    types = np.zeros(masks.shape[:2], np.int32)
+    next_id = 1
+    for c in range(masks.shape[2] - 1):  # the last channel is background
+        ch = masks[..., c].astype(np.int64)
+        for i in np.unique(ch[ch > 0]):
+            m = ch == i
+            inst[m] = next_id
+            types[m] = c + 1
+            next_id += 1
+    return inst, types
+
+
+def load_pannuke(folder: str | Path, limit: int | None = None) -> list[LabelledImage]:
+    """A PanNuke fold folder (``images.npy``, ``masks.npy``, ``types.npy``), memory-mapped."""
+    folder = Path(folder)
+    images = np.load(folder / "images.npy", mmap_mode="r")
+    masks = np.load(folder / "masks.npy", mmap_mode="r")
+    tissues = np.load(folder / "types.npy") if (folder / "types.npy").exists() else None
+    n = len(images) if limit is None else min(limit, len(images))
+    out = []
+    for i in range(n):
+        inst, types = pannuke_maps(np.asarray(masks[i]))
+        img = np.clip(np.asarray(images[i]), 0, 255).astype(np.uint8)
+        tissue = str(tissues[i]) if tissues is not None else ""
+        out.append(LabelledImage(img, inst, types, f"{folder.name}/{i}", tissue))
+    return out
+
+
+class NucleiCropDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
+    """Random ``crop`` px crops of ``images`` (weighted by area), ``length`` per epoch.
+
+    Item: ``{"image": (3, S, S) uint8, "np": (S, S) int64, "hv": (2, S, S) float32,
+    "tp": (S, S) int64}``. ``augment``: one random dihedral element per crop, shared by the image
+    and its maps. Item ``i`` of epoch ``e`` is a pure function of ``(seed, e, i)``.
+    """
+
+    def __init__(
+        self,
+        images: Sequence[LabelledImage],
+        crop: int = 256,
+        length: int = 1000,
+        augment: bool = True,
+        seed: int = 0,
+    ) -> None:
+        if not images:
+            raise ValueError("no labelled images")
+        small = [im.name for im in images if min(im.image.shape[:2]) < crop]
+        if small:
+            raise ValueError(f"images smaller than the {crop} px crop: {small[:3]}")
+        self.images = list(images)
+        self.crop = crop
+        self.length = length
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+        areas = np.array([im.image.shape[0] * im.image.shape[1] for im in images], np.float64)
+        self.weights = areas / areas.sum()
+
+    def __len__(self) -> int:
+        return self.length
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        im = self.images[int(rng.choice(len(self.images), p=self.weights))]
+        h, w = im.image.shape[:2]
+        y, x = int(rng.integers(0, h - self.crop + 1)), int(rng.integers(0, w - self.crop + 1))
+        sub = im.region(x, y, self.crop, self.crop)
+        image, inst, types = sub.image, sub.inst, sub.types
+        if self.augment:
+            from pathssl.augment import Dihedral
+
+            t = Dihedral(p=1.0)
+            t.set_random_seed(int(rng.integers(2**31)))
+            res = t(image=np.ascontiguousarray(image), masks=[inst, types])
+            image, (inst, types) = res["image"], res["masks"]
+        tg = make_targets(np.ascontiguousarray(inst), np.ascontiguousarray(types))
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "np": torch.from_numpy(tg["np"]),
+            "hv": torch.from_numpy(tg["hv"]),
+            "tp": torch.from_numpy(tg["tp"]),
+        }

@@ -1,0 +1,129 @@
+"""Nuclei training configuration: dataclasses from YAML plus ``key=value`` overrides.
+
+``load_config("configs/nuclei/hgsc_resnet18_cpu.yaml", ["train.steps=50"])``. Unknown keys fail
+with a ``ValueError`` naming the key and the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pathssl.heads.postprocess import PostProcessConfig
+
+
+@dataclass
+class DataConfig:
+    """``format``: ``npz`` (image + instance/type .npz), ``pannuke`` (a fold folder) or ``mat``
+    (CoNSeP/Lizard: ``image`` + ``labels`` .mat). ``train_region``/``val_region``: ``[x, y, w,
+    h]`` pixel boxes of a single image (npz/mat), held apart; for PanNuke ``val_fraction`` of the
+    images is held apart. ``type_names``: one per type id 1..T; ``type_lut``: optional map of the
+    stored type ids to 0..T (CoNSeP's 7 types to HoVer-Net's 4: ``[0, 1, 2, 3, 3, 4, 4, 4]``)."""
+
+    format: str = "npz"
+    image: str = ""
+    inst: str = ""
+    types: str = ""
+    labels: str = ""
+    folder: str = ""
+    limit: int | None = None
+    train_region: list[int] | None = None
+    val_region: list[int] | None = None
+    val_fraction: float = 0.1
+    type_names: list[str] = field(default_factory=lambda: ["nucleus"])
+    type_lut: list[int] | None = None
+    mpp: float = 0.5
+
+
+@dataclass
+class ModelConfig:
+    """``backbone``: registered name; ``checkpoint``: a pretraining checkpoint whose ``trunk``
+    initialises it (empty: random init); ``finetune``: frozen | partial | full."""
+
+    backbone: str = "resnet18"
+    params: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str = ""
+    finetune: str = "full"
+    trainable_stages: int = 2
+    widths: list[int] = field(default_factory=lambda: [32, 64, 96, 128, 256])
+    shared_decoder: bool = False
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 300
+    batch_size: int = 4
+    crop: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 20
+    clip_grad: float | None = 5.0
+    lambda_hv_mse: float = 2.0
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 0
+    log_every: int = 10
+    out_dir: str = "runs/nuclei"
+    label_tile: int = 256
+    label_fraction: float = 1.0
+
+
+@dataclass
+class PredictConfig:
+    window: int = 256
+    overlap: int = 96
+    batch_size: int = 4
+
+
+@dataclass
+class NucleiConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    postprocess: PostProcessConfig = field(default_factory=PostProcessConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    fractions: list[float] = field(default_factory=lambda: [0.1, 0.3, 1.0])
+
+
+def _build(cls: Any, values: dict[str, Any], prefix: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in (values or {}).items():
+        if key not in fields:
+            raise ValueError(f"unknown config key {prefix}{key}; valid: {', '.join(fields)}")
+        factory = fields[key].default_factory
+        sub = None if factory is dataclasses.MISSING else factory
+        if sub is not None and dataclasses.is_dataclass(sub) and isinstance(value, dict):
+            value = _build(sub, value, f"{prefix}{key}.")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict[str, Any]) -> NucleiConfig:
+    cfg: NucleiConfig = _build(NucleiConfig, values, "")
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> NucleiConfig:
+    """YAML file + ``section.key=value`` overrides (values parsed as YAML)."""
+    values = yaml.safe_load(Path(path).read_text()) or {}
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not key=value")
+        node = values
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = yaml.safe_load(raw)
+    return config_from_dict(values)
+
+
+def as_dict(cfg: NucleiConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,206 @@
+"""QuPath-ready GeoJSON for nuclei, and PNG overlays.
+
+QuPath reads a GeoJSON ``FeatureCollection`` whose features carry ``properties.objectType``
+(``"detection"``: light objects, fine by the hundred thousand, unlike annotations),
+``properties.classification = {"name", "color": [r, g, b]}`` and numeric
+``properties.measurements``. Polygons are in level-0 pixel coordinates, each ring closed (first
+point repeated last), at least 4 positions, without self-intersection; QuPath rejects or
+mangles invalid ones, so every ring is checked here and replaced by its convex hull if needed.
+
+:class:`GeoJSONWriter` streams features to disk (memory flat in the number of nuclei) and moves
+the file into place atomically when closed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TextIO
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+PALETTE: dict[str, tuple[int, int, int]] = {
+    "neoplastic": (220, 40, 40),
+    "inflammatory": (40, 180, 60),
+    "connective": (40, 90, 230),
+    "dead": (240, 200, 30),
+    "epithelial": (250, 130, 20),
+    "nucleus": (200, 40, 200),
+}
+FALLBACK = [(0, 200, 200), (160, 80, 0), (120, 120, 120), (255, 0, 255)]
+
+
+def type_color(name: str, index: int = 0) -> tuple[int, int, int]:
+    return PALETTE.get(name.lower(), FALLBACK[index % len(FALLBACK)])
+
+
+def _segments_cross(p1: NDArray[Any], p2: NDArray[Any], q1: NDArray[Any], q2: NDArray[Any]) -> bool:
+    def orient(a: NDArray[Any], b: NDArray[Any], c: NDArray[Any]) -> float:
+        return float((b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0]))
+
+    def on_seg(a: NDArray[Any], b: NDArray[Any], c: NDArray[Any]) -> bool:
+        return bool(
+            min(a[0], b[0]) <= c[0] <= max(a[0], b[0]) and min(a[1], b[1]) <= c[1] <= max(a[1], b[1])
+        )
+
+    d1, d2 = orient(q1, q2, p1), orient(q1, q2, p2)
+    d3, d4 = orient(p1, p2, q1), orient(p1, p2, q2)
+    if ((d1 > 0) != (d2 > 0)) and ((d3 > 0) != (d4 > 0)) and d1 * d2 < 0 and d3 * d4 < 0:
+        return True
+    return (
+        (d1 == 0 and on_seg(q1, q2, p1))
+        or (d2 == 0 and on_seg(q1, q2, p2))
+        or (d3 == 0 and on_seg(p1, p2, q1))
+        or (d4 == 0 and on_seg(p1, p2, q2))
+    )
+
+
+def ring_is_valid(ring: Sequence[Sequence[float]] | NDArray[Any]) -> bool:
+    """A closed ring (first == last) of >= 4 positions, non-zero area, no repeated vertex and no
+    two non-adjacent edges touching or crossing (O(n^2); nuclei rings are short)."""
+    r = np.asarray(ring, dtype=np.float64)
+    if r.ndim != 2 or r.shape[1] != 2 or len(r) < 4 or not np.array_equal(r[0], r[-1]):
+        return False
+    pts = r[:-1]
+    if len(np.unique(pts, axis=0)) != len(pts):
+        return False
+    x, y = pts[:, 0], pts[:, 1]
+    if abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) < 1e-9:
+        return False
+    n = len(pts)
+    for i in range(n):
+        for j in range(i + 1, n):
+            if j == i + 1 or (i == 0 and j == n - 1):
+                continue  # adjacent edges share a vertex
+            if _segments_cross(pts[i], pts[(i + 1) % n], pts[j], pts[(j + 1) % n]):
+                return False
+    return True
+
+
+def mask_ring(mask: NDArray[np.bool_], epsilon: float = 0.7) -> NDArray[np.float64] | None:
+    """Outer boundary of a binary mask's largest part as a closed, valid, counter-clockwise (in
+    x-right/y-down pixel space, as drawn) ring ``(K + 1, 2)`` of (x, y) pixel-corner-centred
+    coordinates; None for masks too small for a polygon."""
+    m = np.pad(mask.astype(np.uint8), 1)
+    contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return None
+    c = max(contours, key=cv2.contourArea)
+    if epsilon > 0:
+        c = cv2.approxPolyDP(c, epsilon, True)
+    pts = c.reshape(-1, 2).astype(np.float64) - 1.0  # undo the padding
+    ring = np.vstack([pts, pts[:1]])
+    if not ring_is_valid(ring):
+        hull = cv2.convexHull(c).reshape(-1, 2).astype(np.float64) - 1.0
+        ring = np.vstack([hull, hull[:1]])
+        if not ring_is_valid(ring):
+            return None
+    x, y = ring[:-1, 0], ring[:-1, 1]
+    if np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)) < 0:
+        ring = ring[::-1]
+    return ring
+
+
+@dataclass
+class Nucleus:
+    """One detected nucleus in level-0 coordinates: ``ring`` ``(K + 1, 2)`` closed (x, y),
+    ``centroid`` (x, y), ``type`` id (1..T), ``prob`` mean type probability, ``area`` px^2."""
+
+    ring: NDArray[np.float64]
+    centroid: tuple[float, float]
+    type: int
+    prob: float
+    area: float
+
+
+def nucleus_feature(
+    nuc: Nucleus, type_names: Sequence[str], mpp: float | None = None
+) -> dict[str, Any]:
+    """One QuPath detection feature."""
+    name = type_names[nuc.type - 1] if 0 < nuc.type <= len(type_names) else f"type {nuc.type}"
+    measurements: dict[str, float] = {
+        "Area px^2": round(float(nuc.area), 2),
+        "Type probability": round(float(nuc.prob), 4),
+    }
+    if mpp:
+        measurements["Area µm^2"] = round(float(nuc.area) * mpp * mpp, 3)
+    return {
+        "type": "Feature",
+        "geometry": {"type": "Polygon", "coordinates": [np.round(nuc.ring, 2).tolist()]},
+        "properties": {
+            "objectType": "detection",
+            "classification": {"name": name, "color": list(type_color(name, nuc.type - 1))},
+            "measurements": measurements,
+        },
+    }
+
+
+class GeoJSONWriter:
+    """Streams a FeatureCollection to ``path`` (written to a temporary name, renamed on close)."""
+
+    def __init__(
+        self, path: str | Path, type_names: Sequence[str], mpp: float | None = None
+    ) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self.type_names = list(type_names)
+        self.mpp = mpp
+        self.count = 0
+        self._f: TextIO = open(self.tmp, "w")  # noqa: SIM115 - closed in close()
+        self._f.write('{"type": "FeatureCollection", "features": [\n')
+
+    def write(self, nuc: Nucleus) -> None:
+        if self.count:
+            self._f.write(",\n")
+        self._f.write(json.dumps(nucleus_feature(nuc, self.type_names, self.mpp)))
+        self.count += 1
+
+    def close(self) -> Path:
+        if not self._f.closed:
+            self._f.write("\n]}\n")
+            self._f.close()
+            os.replace(self.tmp, self.path)
+        return self.path
+
+    def __enter__(self) -> GeoJSONWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._f.close()
+            self.tmp.unlink(missing_ok=True)
+
+
+def draw_overlay(
+    image: NDArray[np.uint8],
+    nuclei: Sequence[Nucleus],
+    type_names: Sequence[str],
+    scale: float = 1.0,
+    offset: tuple[float, float] = (0.0, 0.0),
+) -> NDArray[np.uint8]:
+    """Outlines coloured by type on an RGB image; level-0 -> image: ``(p - offset) * scale``."""
+    out = np.ascontiguousarray(image.copy())
+    for nuc in nuclei:
+        name = type_names[nuc.type - 1] if 0 < nuc.type <= len(type_names) else "nucleus"
+        pts = np.round((nuc.ring - np.asarray(offset)) * scale).astype(np.int32)
+        cv2.polylines(out, [pts.reshape(-1, 1, 2)], True, type_color(name, nuc.type - 1), 1)
+    return out
+
+
+def write_png(path: str | Path, rgb: NDArray[np.uint8]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1])):
+        raise OSError(f"cannot write {path}")
+    return path

@@ -1,0 +1,129 @@
+"""Label efficiency: the nuclei head trained on 10%, 30% and 100% of the labels, one command.
+
+Each run trains from the same initialisation and for the same number of steps on a nested subset
+of the labelled area (:func:`pathssl.nuclei.train.subset_labels`), is evaluated on the same
+held-apart images, and the metric-vs-fraction curve is drawn as a PNG with OpenCV. The metric
+function is passed in (``score``: images + predictions -> ``{name: value}``), so this module does
+not depend on a particular metrics implementation; ``pathssl nuclei label-efficiency`` passes
+``pathssl.eval.metrics`` (PQ, mPQ, AJI, Dice, detection F1).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from pathssl.heads.datasets import LabelledImage
+from pathssl.heads.postprocess import Instances
+from pathssl.nuclei.config import NucleiConfig
+from pathssl.nuclei.predict import NucleiPredictor
+from pathssl.nuclei.train import load_data, pick_device, subset_labels, train_nuclei
+
+ScoreFn = Callable[[Sequence[LabelledImage], Sequence[Instances]], dict[str, float]]
+
+
+def predict_images(
+    predictor: NucleiPredictor, images: Sequence[LabelledImage]
+) -> list[Instances]:
+    return [predictor.predict_image(im.image) for im in images]
+
+
+def run_label_efficiency(
+    cfg: NucleiConfig,
+    score: ScoreFn,
+    fractions: Sequence[float] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train and evaluate once per fraction; writes ``label_efficiency.json`` and
+    ``label_efficiency.png`` in ``cfg.train.out_dir``; returns the JSON content."""
+    fractions = sorted(fractions or cfg.fractions)
+    train_images, val_images = load_data(cfg.data)
+    if not val_images:
+        raise ValueError("label efficiency needs held-apart images (data.val_region)")
+    out_dir = Path(cfg.train.out_dir)
+    rows = []
+    for f in fractions:
+        subset = subset_labels(train_images, f, cfg.train.label_tile, cfg.train.seed)
+        run_cfg = copy.deepcopy(cfg)
+        run_cfg.train.out_dir = str(out_dir / f"fraction_{f:g}")
+        run_cfg.train.label_fraction = f
+        res = train_nuclei(run_cfg, subset, progress=progress)
+        device = pick_device(cfg.train.device)
+        predictor = NucleiPredictor(
+            res.model.to(device),
+            window=cfg.predict.window,
+            overlap=cfg.predict.overlap,
+            batch_size=cfg.predict.batch_size,
+            device=device,
+            postprocess_cfg=cfg.postprocess,
+            progress=False,
+        )
+        scores = score(val_images, predict_images(predictor, val_images))
+        rows.append(
+            {
+                "fraction": f,
+                "labelled_nuclei": int(sum(len(np.unique(s.inst)) - 1 for s in subset)),
+                "labelled_pixels": int(sum(s.inst.size for s in subset)),
+                "train_seconds": round(res.seconds, 1),
+                "final_loss": res.last.get("loss"),
+                "checkpoint": str(res.checkpoint),
+                **scores,
+            }
+        )
+    report = {"steps": cfg.train.steps, "backbone": cfg.model.backbone, "runs": rows}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "label_efficiency.json").write_text(json.dumps(report, indent=2))
+    metrics = [k for k in ("pq", "mpq", "aji", "f1_detection") if k in rows[0]]
+    png = plot_curves(
+        [r["fraction"] for r in rows], {m: [r[m] for r in rows] for m in metrics}
+    )
+    cv2.imwrite(str(out_dir / "label_efficiency.png"), png)
+    return report
+
+
+COLORS = [(200, 60, 30), (40, 150, 40), (30, 60, 200), (150, 40, 160)]  # BGR
+
+
+def plot_curves(
+    xs: Sequence[float], series: dict[str, Sequence[float]], size: tuple[int, int] = (640, 420)
+) -> NDArray[np.uint8]:
+    """Metric (y, 0..1) vs label fraction (x, 0..1) line plot, BGR uint8 ``(H, W, 3)``."""
+    w, h = size
+    left, right, top, bottom = 60, 150, 30, 50
+    img = np.full((h, w, 3), 255, np.uint8)
+    pw, ph = w - left - right, h - top - bottom
+
+    def px(x: float, y: float) -> tuple[int, int]:
+        yy = 0.0 if not math.isfinite(y) else min(max(y, 0.0), 1.0)
+        return int(left + x * pw), int(top + (1 - yy) * ph)
+
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    for t in np.linspace(0, 1, 6):
+        y = px(0, float(t))[1]
+        cv2.line(img, (left, y), (left + pw, y), (225, 225, 225), 1)
+        cv2.putText(img, f"{t:.1f}", (15, y + 4), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    for x in xs:
+        xp = px(x, 0)[0]
+        cv2.line(img, (xp, top), (xp, top + ph), (235, 235, 235), 1)
+        cv2.putText(img, f"{x:.0%}", (xp - 14, h - 30), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.rectangle(img, (left, top), (left + pw, top + ph), (0, 0, 0), 1)
+    cv2.putText(img, "fraction of labels", (left + pw // 2 - 60, h - 8), font, 0.45, (0, 0, 0), 1)
+    for i, (name, ys) in enumerate(series.items()):
+        color = COLORS[i % len(COLORS)]
+        pts = [px(x, y) for x, y in zip(xs, ys, strict=True)]
+        for a, b in zip(pts, pts[1:], strict=False):
+            cv2.line(img, a, b, color, 2, cv2.LINE_AA)
+        for p in pts:
+            cv2.circle(img, p, 4, color, -1, cv2.LINE_AA)
+        ly = top + 20 + 22 * i
+        cv2.line(img, (left + pw + 15, ly - 4), (left + pw + 40, ly - 4), color, 2)
+        cv2.putText(img, name, (left + pw + 46, ly), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    return img

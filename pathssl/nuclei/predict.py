@@ -1,0 +1,315 @@
+"""Nuclei inference on images and whole-slide images: overlapping windows, stitched by centroid
+ownership.
+
+Windows of ``window`` px overlap by ``overlap`` px. Along each axis the plane is cut at the middle
+of every overlap; a window *owns* the nuclei whose centroid falls in its part, and drops nuclei
+that touch one of its edges inside the image (cut nuclei). Owned parts partition the image, so no
+nucleus is reported twice; a nucleus reaching less than ``overlap / 2`` px beyond its centroid is
+never cut. Windows are read, predicted (batched, on the GPU when there is one) and post-processed
+one batch at a time, and nuclei are yielded as they are found: memory does not grow with the slide
+(only the output does). Slides are read at the model's mpp (``tiling.slide.choose_level``; a
+resize when no level matches) and polygons mapped back to level-0 coordinates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from scipy import ndimage as ndi
+from torch import nn
+
+from pathssl.heads.hovernet import HV_KEY, NP_KEY, TP_KEY
+from pathssl.heads.postprocess import Instances, PostProcessConfig, postprocess
+from pathssl.nuclei.geojson import Nucleus, mask_ring
+
+ReadFn = Callable[[int, int, int], NDArray[np.uint8]]  # (x, y, size) -> (size, size, 3)
+
+
+def window_origins(length: int, window: int, overlap: int) -> list[int]:
+    """Window starts covering ``[0, length)``: stride ``window - overlap``, the last window
+    moved back to end at ``length`` (one window at 0 when ``length <= window``)."""
+    if not 0 <= overlap < window:
+        raise ValueError(f"overlap {overlap} must be in [0, window {window})")
+    if length <= window:
+        return [0]
+    stride = window - overlap
+    starts = list(range(0, length - window, stride))
+    starts.append(length - window)
+    return starts
+
+
+def ownership(origins: list[int], window: int, length: int) -> list[tuple[float, float]]:
+    """Owned interval ``[lo, hi)`` of each window: cuts at the middle of each overlap."""
+    cuts = [(origins[k + 1] + origins[k] + window) / 2 for k in range(len(origins) - 1)]
+    return list(zip([-np.inf, *cuts], [*cuts, np.inf], strict=True))
+
+
+@dataclass
+class Window:
+    x: int
+    y: int
+    own_x: tuple[float, float]
+    own_y: tuple[float, float]
+    cut_left: bool  # True where the window edge is inside the image (nuclei touching it are cut)
+    cut_top: bool
+    cut_right: bool
+    cut_bottom: bool
+
+
+def plan_windows(width: int, height: int, window: int, overlap: int) -> list[Window]:
+    xs, ys = window_origins(width, window, overlap), window_origins(height, window, overlap)
+    ox, oy = ownership(xs, window, width), ownership(ys, window, height)
+    return [
+        Window(x, y, ox[i], oy[j], x > 0, y > 0, x + window < width, y + window < height)
+        for j, y in enumerate(ys)
+        for i, x in enumerate(xs)
+    ]
+
+
+def kept_ids(res: Instances, win: Window, window: int) -> NDArray[np.int64]:
+    """Ids (1-based) of the nuclei this window owns and that are not cut by its edges."""
+    if not len(res):
+        return np.zeros(0, np.int64)
+    cx, cy = res.centroid[:, 0] + win.x, res.centroid[:, 1] + win.y
+    own = (cx >= win.own_x[0]) & (cx < win.own_x[1]) & (cy >= win.own_y[0]) & (cy < win.own_y[1])
+    inst = res.inst
+    touch = np.zeros(len(res) + 1, bool)
+    for flag, edge in (
+        (win.cut_left, inst[:, 0]),
+        (win.cut_right, inst[:, window - 1]),
+        (win.cut_top, inst[0, :]),
+        (win.cut_bottom, inst[window - 1, :]),
+    ):
+        if flag:
+            touch[edge] = True
+    return np.nonzero(own & ~touch[1:])[0] + 1
+
+
+class NucleiPredictor:
+    """Runs a nuclei model over windows. ``model``: ``(B, 3, S, S)`` uint8 -> branch logits
+    (:class:`pathssl.heads.hovernet.NucleiModel`, or any module with that contract)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        window: int = 256,
+        overlap: int = 96,
+        batch_size: int = 4,
+        device: str | torch.device = "cpu",
+        postprocess_cfg: PostProcessConfig | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.model = model.eval()
+        self.window, self.overlap, self.batch_size = window, overlap, batch_size
+        self.device = torch.device(device)
+        self.pp = postprocess_cfg or PostProcessConfig()
+        self.progress = progress
+        self.windows_done = 0
+
+    @torch.inference_mode()
+    def predict_batch(self, images: NDArray[np.uint8]) -> list[Instances]:
+        """``(B, S, S, 3)`` uint8 -> one :class:`Instances` per window."""
+        x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(self.device)
+        out = {k: v.float().cpu() for k, v in self.model(x).items()}
+        tp = out.get(TP_KEY)
+        return [
+            postprocess(out[NP_KEY][i], out[HV_KEY][i], None if tp is None else tp[i], self.pp)
+            for i in range(len(images))
+        ]
+
+    def run(
+        self, read: ReadFn, width: int, height: int, skip: Callable[[NDArray[np.uint8]], bool]
+    ) -> Iterator[tuple[Window, Instances, NDArray[np.int64]]]:
+        """(window, its instances, kept ids) for every window, in batches."""
+        from tqdm import tqdm
+
+        plan = plan_windows(width, height, self.window, self.overlap)
+        bar = tqdm(total=len(plan), unit="win", disable=not self.progress, dynamic_ncols=True)
+        try:
+            for b in range(0, len(plan), self.batch_size):
+                wins = plan[b : b + self.batch_size]
+                imgs = np.stack([read(w.x, w.y, self.window) for w in wins])
+                todo = [i for i in range(len(wins)) if not skip(imgs[i])]
+                results = self.predict_batch(imgs[todo]) if todo else []
+                for i, res in zip(todo, results, strict=True):
+                    yield wins[i], res, kept_ids(res, wins[i], self.window)
+                self.windows_done += len(wins)
+                bar.update(len(wins))
+        finally:
+            bar.close()
+
+    def predict_image(self, image: NDArray[np.uint8]) -> Instances:
+        """A whole image ``(H, W, 3)`` uint8 at the model's mpp -> stitched :class:`Instances`
+        (each nucleus with the type and probability from the window that owns it)."""
+        h, w = image.shape[:2]
+        s = self.window
+        pad = np.full((max(h, s), max(w, s), 3), 255, np.uint8)
+        pad[:h, :w] = image
+        inst = np.zeros((h, w), np.int32)
+        typ, prob = [0], [0.0]  # indexed by stitched id
+
+        def read(x: int, y: int, size: int) -> NDArray[np.uint8]:
+            return pad[y : y + size, x : x + size]
+
+        for win, res, keep in self.run(read, w, h, skip=lambda _: False):
+            if not len(keep):
+                continue
+            lut = np.zeros(len(res) + 1, np.int32)
+            lut[keep] = np.arange(len(typ), len(typ) + len(keep))
+            local = lut[res.inst][: h - win.y, : w - win.x]
+            target = inst[win.y : win.y + s, win.x : win.x + s]
+            free = (local > 0) & (target == 0)
+            target[free] = local[free]
+            typ.extend(res.type[keep - 1].tolist())
+            prob.extend(res.prob[keep - 1].tolist())
+        present = np.unique(inst)
+        present = present[present > 0]
+        relabel = np.zeros(len(typ), np.int32)
+        relabel[present] = np.arange(1, len(present) + 1)
+        inst = relabel[inst]
+        if not len(present):
+            return Instances(inst, np.zeros_like(inst))
+        idx = np.arange(1, len(present) + 1)
+        cy, cx = np.asarray(ndi.center_of_mass(np.ones_like(inst), inst, idx)).T
+        t = np.asarray(typ, np.int64)[present]
+        type_lut = np.concatenate([[0], t]).astype(np.int32)
+        return Instances(
+            inst,
+            type_lut[inst],
+            np.stack([cx, cy], 1),
+            t,
+            np.asarray(prob)[present],
+            np.bincount(inst.ravel())[1:].astype(np.int64),
+        )
+
+    def nuclei(
+        self, read: ReadFn, width: int, height: int, to_level0: float, origin: tuple[float, float]
+    ) -> Iterator[Nucleus]:
+        """Stream :class:`Nucleus` records (level-0 coordinates: ``origin + p * to_level0``)."""
+        for win, res, keep in self.run(read, width, height, skip=is_background):
+            off = (origin[0] + win.x * to_level0, origin[1] + win.y * to_level0)
+            yield from instances_to_nuclei(res, keep, to_level0, off)
+
+
+def instances_to_nuclei(
+    res: Instances,
+    ids: NDArray[np.int64] | None = None,
+    scale: float = 1.0,
+    origin: tuple[float, float] = (0.0, 0.0),
+) -> Iterator[Nucleus]:
+    """:class:`Nucleus` records of ``ids`` (default all) at ``origin + p * scale``; nuclei too
+    small for a valid polygon are left out."""
+    objs = ndi.find_objects(res.inst)
+    for k in range(1, len(res) + 1) if ids is None else ids.tolist():
+        sl = objs[k - 1] if k - 1 < len(objs) else None
+        if sl is None:
+            continue
+        ring = mask_ring(res.inst[sl] == k)
+        if ring is None:
+            continue
+        ring = (ring + [sl[1].start, sl[0].start]) * scale + origin
+        c = res.centroid[k - 1] * scale + origin
+        yield Nucleus(
+            ring,
+            (float(c[0]), float(c[1])),
+            int(res.type[k - 1]),
+            float(res.prob[k - 1]),
+            float(res.area[k - 1]) * scale**2,
+        )
+
+
+def is_background(rgb: NDArray[np.uint8], white: int = 220, fraction: float = 0.98) -> bool:
+    """Nearly all pixels bright in every channel: glass, skip the model."""
+    return bool((rgb.min(axis=2) > white).mean() > fraction)
+
+
+def slide_reader(
+    path: str | Path, target_mpp: float, assume_mpp: float | None = None
+) -> tuple[Callable[[int, int, int], NDArray[np.uint8]], int, int, float, float]:
+    """(read(x, y, size) in model pixels, width, height in model pixels, model px -> level-0
+    px factor, slide mpp) for a slide read at ``target_mpp``."""
+    from tiling.readers import make_reader
+    from tiling.slide import choose_level, open_slide, resolve_mpp
+
+    slide = open_slide(path)
+    res = resolve_mpp(Path(path).name, dict(slide.properties), assume_mpp)
+    choice = choose_level(Path(path).name, res.mpp, tuple(slide.level_downsamples), target_mpp)
+    reader = make_reader(path, slide, choice.level)
+    scale = choice.scale  # level px per model px
+
+    def read(x: int, y: int, size: int) -> NDArray[np.uint8]:
+        if scale == 1.0:
+            return reader.read(x, y, size, size)
+        n = int(round(size * scale))
+        region = reader.read(int(round(x * scale)), int(round(y * scale)), n, n)
+        interp = cv2.INTER_AREA if scale > 1 else cv2.INTER_LINEAR
+        return cv2.resize(region, (size, size), interpolation=interp)
+
+    width = int(reader.width / scale)
+    height = int(reader.height / scale)
+    return read, width, height, scale * choice.downsample, res.mpp
+
+
+@dataclass
+class SlideResult:
+    geojson: Path
+    count: int
+    windows: int
+    slide_mpp: float
+    overlay: Path | None
+
+
+def predict_slide(
+    predictor: NucleiPredictor,
+    path: str | Path,
+    out: str | Path,
+    type_names: list[str],
+    model_mpp: float,
+    *,
+    region: tuple[int, int, int, int] | None = None,
+    overlay: str | Path | None = None,
+    overlay_side: int = 2048,
+    assume_mpp: float | None = None,
+) -> SlideResult:
+    """Nuclei of a slide (or a level-0 ``region`` ``(x, y, w, h)``) -> streamed GeoJSON, plus a
+    PNG overlay on a thumbnail at most ``overlay_side`` px wide (outlines drawn as found)."""
+    from tiling.slide import open_slide
+
+    from pathssl.nuclei.geojson import GeoJSONWriter, draw_overlay, write_png
+
+    read, width, height, f, slide_mpp = slide_reader(path, model_mpp, assume_mpp)
+    x0 = y0 = 0
+    if region is not None:
+        x0, y0 = int(region[0] / f), int(region[1] / f)
+        width = min(int(region[2] / f), width - x0)
+        height = min(int(region[3] / f), height - y0)
+
+    def read_region(x: int, y: int, size: int) -> NDArray[np.uint8]:
+        return read(x + x0, y + y0, size)
+
+    canvas, k = None, 1.0
+    if overlay is not None:
+        k = min(1.0, overlay_side / max(width * f, height * f))
+        slide = open_slide(path)
+        level = slide.get_best_level_for_downsample(1 / k)
+        ds = slide.level_downsamples[level]
+        size = (int(round(width * f / ds)), int(round(height * f / ds)))
+        rgba = slide.read_region((int(x0 * f), int(y0 * f)), level, size).convert("RGB")
+        canvas = cv2.resize(np.asarray(rgba), (int(width * f * k), int(height * f * k)))
+    origin = (x0 * f, y0 * f)
+    done0 = predictor.windows_done
+    with GeoJSONWriter(out, type_names, slide_mpp) as gw:
+        for nuc in predictor.nuclei(read_region, width, height, f, origin):
+            gw.write(nuc)
+            if canvas is not None:
+                canvas = draw_overlay(canvas, [nuc], type_names, k, origin)
+        count = gw.count
+    png = write_png(overlay, canvas) if overlay is not None and canvas is not None else None
+    return SlideResult(Path(out), count, predictor.windows_done - done0, slide_mpp, png)

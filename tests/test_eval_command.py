@@ -1,0 +1,166 @@
+"""`pathssl eval` end to end on real tiles, the three input layouts, checkpoints, reports."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from pathssl.cli import main
+from pathssl.eval import data as D
+from pathssl.eval.encoder import extract_features, fine_tune, load_encoder, predict
+from pathssl.eval.report import to_json_ready, write_confusion_png
+
+
+def _write_config(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_eval_command_on_real_qc_tiles(data_dir: Path, tmp_path: Path) -> None:
+    qc = data_dir / "tiles" / "qc"
+    cfg = {
+        "data": {
+            "source": {
+                "format": "csv",
+                "csv": str(qc / "labels.csv"),
+                "path_column": "file",
+                "label_column": "tissue",
+            },
+            "test_fraction": 0.3,
+            "seed": 0,
+            "image_size": 64,
+            "class_names": ["none", "partial", "full"],
+        },
+        "encoder": {"backbone": "resnet18", "checkpoint": None, "seed": 0},
+        "protocols": {
+            "linear": {"l2": 1e-3, "max_iter": 100},
+            "knn": {"k": 20},
+            "fewshot": {"shots": [1], "episodes": 3},
+        },
+        "batch_size": 16,
+        "device": "cpu",
+    }
+    out = tmp_path / "out"
+    assert main(["eval", str(_write_config(tmp_path / "c.yaml", cfg)), "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["data"]["class_names"] == ["none", "partial", "full"]
+    assert metrics["data"]["n_train"] + metrics["data"]["n_test"] == 34
+    assert min(metrics["data"]["test_counts"]) >= 1
+    assert metrics["encoder"]["feature_dim"] == 512
+    for name in ("linear", "knn"):
+        res = metrics["protocols"][name]
+        for key in ("balanced_accuracy", "macro_f1", "auroc", "ece"):
+            assert res[key] is None or 0.0 <= res[key] <= 1.0
+        assert np.asarray(res["confusion_matrix"]).sum() == metrics["data"]["n_test"]
+        png = out / metrics["confusion_png"][name]
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        img = cv2.imread(str(png))
+        assert img is not None and img.shape[0] > 100 and img.shape[2] == 3
+    assert metrics["protocols"]["fewshot"]["1"]["episodes"] == 3
+
+
+def test_eval_command_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", str(tmp_path / "missing.yaml")]) == 2
+    bad = _write_config(tmp_path / "bad.yaml", {"data": {"source": {"format": "nope"}}})
+    assert main(["eval", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "folder, csv or store" in capsys.readouterr().err
+    typo = _write_config(tmp_path / "typo.yaml", {"dataa": {}})
+    assert main(["eval", str(typo), "--out", str(tmp_path / "o")]) == 2
+
+
+def _image_folder(data_dir: Path, root: Path) -> Path:
+    qc = data_dir / "tiles" / "qc"
+    with open(qc / "labels.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            dest = root / row["tissue"]
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copy(qc / row["file"], dest / row["file"])
+    return root
+
+
+def test_image_folder_layout_and_fine_tune(data_dir: Path, tmp_path: Path) -> None:
+    tiles = D.image_folder(_image_folder(data_dir, tmp_path / "folder"))
+    assert tiles.class_names == ["full", "none", "partial"]
+    assert len(tiles) == 34 and np.bincount(tiles.labels).tolist() == [20, 9, 5]
+    train_idx, test_idx = D.stratified_split(tiles.labels, 0.3, seed=1)
+    assert set(train_idx).isdisjoint(test_idx) and len(train_idx) + len(test_idx) == 34
+    train = D.TileImages(tiles.subset(train_idx), size=32)
+    image, label = train[0]
+    assert image.dtype == torch.uint8 and image.shape == (3, 32, 32) and 0 <= label < 3
+    encoder = load_encoder("resnet18")
+    before = encoder.model.conv1.weight.detach().clone()
+    model = fine_tune(encoder, train, 3, epochs=1, batch_size=16)
+    assert not torch.equal(before, encoder.model.conv1.weight)  # the trunk is trained too
+    out, labels = predict(model, D.TileImages(tiles.subset(test_idx), size=32))
+    assert out.proba.shape == (len(test_idx), 3) and labels.shape == (len(test_idx),)
+
+
+def test_store_layout(cmu_slide: Path, tmp_path: Path) -> None:
+    from tiling import tile_slides
+    from tiling.store import find_stores
+
+    tile_slides([cmu_slide], tmp_path / "tiles", mpp=4.0, size=64, progress=False, report=False)
+    store = find_stores([tmp_path / "tiles"])[0]
+    labels = tmp_path / "labels.csv"
+    labels.write_text("index,label\n0,a\n1,b\n2,a\n3,\n")
+    tiles = D.store_tiles(store, labels)
+    assert tiles.sources == [0, 1, 2] and tiles.labels.tolist() == [0, 1, 0]
+    feats, y = extract_features(load_encoder("resnet18"), D.TileImages(tiles, size=64))
+    assert feats.shape == (3, 512) and y.tolist() == [0, 1, 0]
+    labels.write_text("index,label\n999,a\n")
+    with pytest.raises(ValueError, match="out of range"):
+        D.store_tiles(store, labels)
+
+
+def test_csv_layout_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "l.csv"
+    bad.write_text("path,label\nmissing.png,a\n")
+    with pytest.raises(FileNotFoundError):
+        D.csv_images(bad)
+    with pytest.raises(ValueError, match="column"):
+        D.csv_images(bad, label_column="tissue")
+    with pytest.raises(ValueError, match="not in class_names"):
+        D._encode(["a", "c"], ["a", "b"])
+
+
+def test_checkpoint_loading(tmp_path: Path) -> None:
+    from pathssl.models.backbones import build_backbone, trunk_state_dict
+
+    torch.manual_seed(5)
+    trunk = build_backbone("resnet18")
+    ckpt = tmp_path / "last.pt"
+    meta = {
+        "backbone": "resnet18",
+        "mean": [0.7, 0.5, 0.6],
+        "std": [0.2, 0.2, 0.2],
+        "tile_mpp": 0.5,
+    }
+    torch.save({"trunk": trunk_state_dict(trunk), "meta": meta}, ckpt)
+    enc = load_encoder(checkpoint=ckpt)
+    assert enc.name == "resnet18" and enc.mean == (0.7, 0.5, 0.6) and enc.tile_mpp == 0.5
+    torch.testing.assert_close(enc.model.conv1.weight, trunk.conv1.weight)
+    with pytest.raises(ValueError, match="resnet18 trunk"):
+        load_encoder("resnet50", ckpt)
+    with pytest.raises(FileNotFoundError):
+        load_encoder("resnet18", tmp_path / "nope.pt")
+
+
+def test_report_outputs(tmp_path: Path) -> None:
+    assert to_json_ready({"a": float("nan"), "b": np.float32(0.5), "c": np.arange(2)}) == {
+        "a": None,
+        "b": 0.5,
+        "c": [0, 1],
+    }
+    png = write_confusion_png(tmp_path / "cm.png", [[5, 1], [0, 7]], ["tumour", "stroma"], "t")
+    img = cv2.imread(str(png))
+    assert img is not None and img.mean() < 255
+    with pytest.raises(ValueError):
+        write_confusion_png(tmp_path / "x.png", [[1, 2]], ["a"])
