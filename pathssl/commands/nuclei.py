@@ -87,7 +87,7 @@ def nuclei_scores(trues: Sequence[tuple[Any, Any]], preds: Sequence[tuple[Any, A
     from pathssl.eval import metrics as M
 
     results, dets, ajis, ajips, dices, dice2s = [], [], [], [], [], []
-    classes = sorted({int(c) for t, _ in trues for c in np.unique(t)} - {0})
+    classes = sorted({int(c) for _, tt in trues for c in np.unique(tt)} - {0})
     for (ti, tt), (pi, pt) in zip(trues, preds, strict=True):
         results.append(M.panoptic_quality(ti, pi, tt, pt, classes=classes))
         dets.append(D.detection_counts(ti, pi, tt, pt))
@@ -153,8 +153,12 @@ def _train(args: argparse.Namespace) -> int:
     if val:
         device = pick_device(cfg.train.device)
         pred = NucleiPredictor(
-            res.model.to(device), window=cfg.predict.window, overlap=cfg.predict.overlap,
-            batch_size=cfg.predict.batch_size, device=device, postprocess_cfg=cfg.postprocess,
+            res.model.to(device),
+            window=cfg.predict.window,
+            overlap=cfg.predict.overlap,
+            batch_size=cfg.predict.batch_size,
+            device=device,
+            postprocess_cfg=cfg.postprocess,
             progress=False,
         )
         scores = _score_instances(val, predict_images(pred, val))
@@ -195,11 +199,11 @@ def _predict(args: argparse.Namespace) -> int:
         f = 1.0 if args.mpp is None else args.mpp / mpp  # model px per image px
         h, w = image.shape[:2]
         small = image if f == 1 else cv2.resize(image, (round(w * f), round(h * f)))
-        res = predictor.predict_image(small)
+        res = predictor.predict_image(np.asarray(small, np.uint8))
         inst, types = res.inst, res.types
         if f != 1:
-            inst = cv2.resize(inst, (w, h), interpolation=cv2.INTER_NEAREST)
-            types = cv2.resize(types, (w, h), interpolation=cv2.INTER_NEAREST)
+            inst = np.asarray(cv2.resize(inst, (w, h), interpolation=cv2.INTER_NEAREST), np.int32)
+            types = np.asarray(cv2.resize(types, (w, h), interpolation=cv2.INTER_NEAREST), np.int32)
         np.savez_compressed(out / f"{src.stem}.npz", inst=inst, types=types)
         nuclei = list(instances_to_nuclei(res, scale=1 / f))
         with GeoJSONWriter(out / f"{src.stem}.geojson", names, args.mpp or mpp) as gw:
@@ -209,9 +213,14 @@ def _predict(args: argparse.Namespace) -> int:
         print(f"{len(nuclei)} nuclei -> {out / src.stem}.npz/.geojson")
         return 0
     r = predict_slide(
-        predictor, src, out / f"{src.stem}.geojson", names, mpp,
+        predictor,
+        src,
+        out / f"{src.stem}.geojson",
+        names,
+        mpp,
         region=tuple(args.region) if args.region else None,
-        overlay=out / f"{src.stem}_overlay.png", assume_mpp=args.assume_mpp,
+        overlay=out / f"{src.stem}_overlay.png",
+        assume_mpp=args.assume_mpp,
     )
     print(f"{r.count} nuclei in {r.windows} windows -> {r.geojson}")
     return 0

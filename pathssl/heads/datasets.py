@@ -65,13 +65,14 @@ def read_rgb(path: str | Path) -> NDArray[np.uint8]:
 
 
 def load_npz_pair(
-    image: str | Path, inst_npz: str | Path, type_npz: str | Path | None = None, key: str = "nuc_raster"
+    image: str | Path,
+    inst_npz: str | Path,
+    type_npz: str | Path | None = None,
+    key: str = "nuc_raster",
 ) -> LabelledImage:
     """An image + instance (+ type) ``.npz`` pair; without a type map all nuclei are type 1."""
     inst = np.load(inst_npz)[key].astype(np.int32)
-    types = (
-        np.load(type_npz)[key].astype(np.int32) if type_npz else (inst > 0).astype(np.int32)
-    )
+    types = np.load(type_npz)[key].astype(np.int32) if type_npz else (inst > 0).astype(np.int32)
     return LabelledImage(read_rgb(image), inst, np.where(inst > 0, types, 0), Path(image).stem)
 
 

@@ -121,7 +121,9 @@ class BranchDecoder(nn.Module):
         super().__init__()
         if len(in_channels) != len(widths):
             raise ValueError("in_channels and widths need one entry per level")
-        self.lateral = nn.ModuleList(nn.Conv2d(c, w, 1) for c, w in zip(in_channels, widths))
+        self.lateral = nn.ModuleList(
+            nn.Conv2d(c, w, 1) for c, w in zip(in_channels, widths, strict=True)
+        )
         self.reduce = nn.ModuleList(
             nn.Conv2d(widths[i + 1], widths[i], 1) for i in range(len(widths) - 1)
         )
@@ -186,6 +188,8 @@ class NucleiModel(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.head = head
+        self.mean: Tensor
+        self.std: Tensor
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
         self.finetune = finetune

@@ -72,8 +72,10 @@ def describe(inst: NDArray[np.integer], tp_prob: Tensor | None) -> Instances:
     else:
         p = tp_prob.numpy()
         votes = np.stack(
-            [np.bincount(dense.ravel(), (p.argmax(0) == c).ravel(), n + 1)[1:] for c in
-             range(1, p.shape[0])]
+            [
+                np.bincount(dense.ravel(), (p.argmax(0) == c).ravel(), n + 1)[1:]
+                for c in range(1, p.shape[0])
+            ]
         )  # (T, N) pixels voting for each nucleus type (background votes ignored)
         typ = votes.argmax(0).astype(np.int64) + 1
         mean_p = np.stack([ndi.mean(p[c], dense, idx) for c in range(1, p.shape[0])])

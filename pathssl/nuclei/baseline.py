@@ -43,5 +43,8 @@ class ThresholdNucleiModel(nn.Module):
         tp = torch.zeros(b, self.num_types + 1, h, w)
         tp[:, 0] = (1 - np_t) * self.logit
         tp[:, 1] = np_t * self.logit
-        return {NP_KEY: np_logits.to(x.device), HV_KEY: torch.from_numpy(hv).to(x.device),
-                TP_KEY: tp.to(x.device)}
+        return {
+            NP_KEY: np_logits.to(x.device),
+            HV_KEY: torch.from_numpy(hv).to(x.device),
+            TP_KEY: tp.to(x.device),
+        }

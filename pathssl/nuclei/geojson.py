@@ -31,7 +31,7 @@ PALETTE: dict[str, tuple[int, int, int]] = {
     "connective": (40, 90, 230),
     "dead": (240, 200, 30),
     "epithelial": (250, 130, 20),
-    "nucleus": (200, 40, 200),
+    "nucleus": (0, 230, 0),
 }
 FALLBACK = [(0, 200, 200), (160, 80, 0), (120, 120, 120), (255, 0, 255)]
 
@@ -46,7 +46,8 @@ def _segments_cross(p1: NDArray[Any], p2: NDArray[Any], q1: NDArray[Any], q2: ND
 
     def on_seg(a: NDArray[Any], b: NDArray[Any], c: NDArray[Any]) -> bool:
         return bool(
-            min(a[0], b[0]) <= c[0] <= max(a[0], b[0]) and min(a[1], b[1]) <= c[1] <= max(a[1], b[1])
+            min(a[0], b[0]) <= c[0] <= max(a[0], b[0])
+            and min(a[1], b[1]) <= c[1] <= max(a[1], b[1])
         )
 
     d1, d2 = orient(q1, q2, p1), orient(q1, q2, p2)
@@ -173,7 +174,10 @@ class GeoJSONWriter:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         if exc_type is None:
             self.close()
@@ -204,3 +208,40 @@ def write_png(path: str | Path, rgb: NDArray[np.uint8]) -> Path:
     if not cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1])):
         raise OSError(f"cannot write {path}")
     return path
+
+
+def qupath_problems(doc: Any, type_names: Sequence[str] | None = None) -> list[str]:
+    """What in a parsed GeoJSON document QuPath's importer would reject or misread (empty list:
+    none): FeatureCollection, Polygon detections, classification name + RGB colour, numeric
+    measurements, closed valid rings."""
+    if not isinstance(doc, dict) or doc.get("type") != "FeatureCollection":
+        return ["not a FeatureCollection"]
+    problems: list[str] = []
+    for i, f in enumerate(doc.get("features", [])):
+        geom, props = f.get("geometry") or {}, f.get("properties") or {}
+        if f.get("type") != "Feature" or geom.get("type") != "Polygon":
+            problems.append(f"feature {i}: not a Polygon Feature")
+            continue
+        rings = geom.get("coordinates", [])
+        if not rings or not all(ring_is_valid(r) for r in rings):
+            problems.append(f"feature {i}: invalid or unclosed ring")
+        if props.get("objectType") != "detection":
+            problems.append(f"feature {i}: objectType is not detection")
+        cls = props.get("classification") or {}
+        color = cls.get("color")
+        if not isinstance(cls.get("name"), str) or (
+            type_names is not None and cls["name"] not in type_names
+        ):
+            problems.append(f"feature {i}: classification name {cls.get('name')!r}")
+        if not (
+            isinstance(color, list)
+            and len(color) == 3
+            and all(isinstance(c, int) and 0 <= c <= 255 for c in color)
+        ):
+            problems.append(f"feature {i}: classification color {color!r}")
+        meas = props.get("measurements")
+        if not isinstance(meas, dict) or not all(
+            isinstance(v, int | float) and np.isfinite(v) for v in meas.values()
+        ):
+            problems.append(f"feature {i}: measurements must be numbers")
+    return problems

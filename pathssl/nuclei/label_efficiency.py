@@ -27,12 +27,10 @@ from pathssl.nuclei.config import NucleiConfig
 from pathssl.nuclei.predict import NucleiPredictor
 from pathssl.nuclei.train import load_data, pick_device, subset_labels, train_nuclei
 
-ScoreFn = Callable[[Sequence[LabelledImage], Sequence[Instances]], dict[str, float]]
+ScoreFn = Callable[[Sequence[LabelledImage], Sequence[Instances]], dict[str, Any]]
 
 
-def predict_images(
-    predictor: NucleiPredictor, images: Sequence[LabelledImage]
-) -> list[Instances]:
+def predict_images(predictor: NucleiPredictor, images: Sequence[LabelledImage]) -> list[Instances]:
     return [predictor.predict_image(im.image) for im in images]
 
 
@@ -49,7 +47,7 @@ def run_label_efficiency(
     if not val_images:
         raise ValueError("label efficiency needs held-apart images (data.val_region)")
     out_dir = Path(cfg.train.out_dir)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for f in fractions:
         subset = subset_labels(train_images, f, cfg.train.label_tile, cfg.train.seed)
         run_cfg = copy.deepcopy(cfg)
@@ -82,9 +80,7 @@ def run_label_efficiency(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "label_efficiency.json").write_text(json.dumps(report, indent=2))
     metrics = [k for k in ("pq", "mpq", "aji", "f1_detection") if k in rows[0]]
-    png = plot_curves(
-        [r["fraction"] for r in rows], {m: [r[m] for r in rows] for m in metrics}
-    )
+    png = plot_curves([r["fraction"] for r in rows], {m: [r[m] for r in rows] for m in metrics})
     cv2.imwrite(str(out_dir / "label_efficiency.png"), png)
     return report
 

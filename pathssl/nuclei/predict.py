@@ -93,7 +93,9 @@ def kept_ids(res: Instances, win: Window, window: int) -> NDArray[np.int64]:
 
 class NucleiPredictor:
     """Runs a nuclei model over windows. ``model``: ``(B, 3, S, S)`` uint8 -> branch logits
-    (:class:`pathssl.heads.hovernet.NucleiModel`, or any module with that contract)."""
+    (:class:`pathssl.heads.hovernet.NucleiModel`, or any module with that contract), moved to
+    ``device``; on CUDA the forward pass runs under bf16 autocast. Post-processing runs on the
+    CPU, one window at a time."""
 
     def __init__(
         self,
@@ -106,9 +108,9 @@ class NucleiPredictor:
         postprocess_cfg: PostProcessConfig | None = None,
         progress: bool = True,
     ) -> None:
-        self.model = model.eval()
-        self.window, self.overlap, self.batch_size = window, overlap, batch_size
         self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.window, self.overlap, self.batch_size = window, overlap, batch_size
         self.pp = postprocess_cfg or PostProcessConfig()
         self.progress = progress
         self.windows_done = 0
@@ -117,7 +119,9 @@ class NucleiPredictor:
     def predict_batch(self, images: NDArray[np.uint8]) -> list[Instances]:
         """``(B, S, S, 3)`` uint8 -> one :class:`Instances` per window."""
         x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(self.device)
-        out = {k: v.float().cpu() for k, v in self.model(x).items()}
+        cuda = self.device.type == "cuda"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cuda):
+            out = {k: v.float().cpu() for k, v in self.model(x).items()}
         tp = out.get(TP_KEY)
         return [
             postprocess(out[NP_KEY][i], out[HV_KEY][i], None if tp is None else tp[i], self.pp)
@@ -250,7 +254,7 @@ def slide_reader(
         n = int(round(size * scale))
         region = reader.read(int(round(x * scale)), int(round(y * scale)), n, n)
         interp = cv2.INTER_AREA if scale > 1 else cv2.INTER_LINEAR
-        return cv2.resize(region, (size, size), interpolation=interp)
+        return np.asarray(cv2.resize(region, (size, size), interpolation=interp), np.uint8)
 
     width = int(reader.width / scale)
     height = int(reader.height / scale)
@@ -280,9 +284,8 @@ def predict_slide(
 ) -> SlideResult:
     """Nuclei of a slide (or a level-0 ``region`` ``(x, y, w, h)``) -> streamed GeoJSON, plus a
     PNG overlay on a thumbnail at most ``overlay_side`` px wide (outlines drawn as found)."""
-    from tiling.slide import open_slide
-
     from pathssl.nuclei.geojson import GeoJSONWriter, draw_overlay, write_png
+    from tiling.slide import open_slide
 
     read, width, height, f, slide_mpp = slide_reader(path, model_mpp, assume_mpp)
     x0 = y0 = 0
@@ -302,7 +305,9 @@ def predict_slide(
         ds = slide.level_downsamples[level]
         size = (int(round(width * f / ds)), int(round(height * f / ds)))
         rgba = slide.read_region((int(x0 * f), int(y0 * f)), level, size).convert("RGB")
-        canvas = cv2.resize(np.asarray(rgba), (int(width * f * k), int(height * f * k)))
+        canvas = np.asarray(
+            cv2.resize(np.asarray(rgba), (int(width * f * k), int(height * f * k))), np.uint8
+        )
     origin = (x0 * f, y0 * f)
     done0 = predictor.windows_done
     with GeoJSONWriter(out, type_names, slide_mpp) as gw:

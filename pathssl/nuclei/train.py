@@ -74,23 +74,29 @@ def _map_types(im: LabelledImage, lut: list[int] | None) -> LabelledImage:
 def subset_labels(
     images: list[LabelledImage], fraction: float, tile: int, seed: int = 0
 ) -> list[LabelledImage]:
-    """Keep ``fraction`` of the labelled area: images cut into ``tile`` px tiles (an image
-    smaller than two tiles is one tile), a seeded shuffle, the first ``ceil(fraction * n)``.
-    Subsets are nested: 10% is inside 30% is inside 100% for one seed."""
+    """Keep ``fraction`` of the labelled area: images cut into ``tile`` px tiles (the last row and
+    column moved back to end at the border, so the whole image is covered; an image smaller than
+    two tiles is one tile), a seeded shuffle, the first ``ceil(fraction * n)``. Subsets are
+    nested: 10% is inside 30% is inside 100% for one seed."""
     if not 0 < fraction <= 1:
         raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
     tiles: list[LabelledImage] = []
     for im in images:
         h, w = im.image.shape[:2]
-        if h < 2 * tile and w < 2 * tile:
+        if (h < 2 * tile and w < 2 * tile) or min(h, w) < tile:
             tiles.append(im)
             continue
-        for y in range(0, h - tile + 1, tile):
-            for x in range(0, w - tile + 1, tile):
+        for y in _starts(h, tile):
+            for x in _starts(w, tile):
                 tiles.append(im.region(x, y, tile, tile))
     order = np.random.default_rng(seed).permutation(len(tiles))
     keep = max(1, math.ceil(fraction * len(tiles)))
     return [tiles[i] for i in sorted(order[:keep].tolist())]
+
+
+def _starts(length: int, tile: int) -> list[int]:
+    starts = list(range(0, length - tile + 1, tile))
+    return starts if starts[-1] + tile == length else [*starts, length - tile]
 
 
 def build_model(cfg: ModelConfig, num_types: int) -> NucleiModel:

@@ -1,0 +1,212 @@
+"""``pathssl nuclei train | predict | evaluate | label-efficiency`` end to end, tiny settings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from pathssl.cli import main
+from pathssl.nuclei.geojson import qupath_problems
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+NAMES = ["connective", "inflammatory", "neoplastic"]
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    tmp = tmp_path_factory.mktemp("nuclei_cli")
+    d = data_dir / "nuclei"
+    cfg = {
+        "data": {
+            "format": "npz",
+            "image": str(d / "hgsc_nest.jpg"),
+            "inst": str(d / "hgsc_nest_inst_mask.npz"),
+            "types": str(d / "hgsc_nest_type_mask.npz"),
+            "train_region": [0, 0, 256, 256],
+            "val_region": [1000, 0, 96, 96],
+            "type_names": NAMES,
+        },
+        "model": {
+            "backbone": "vit_tiny",
+            "params": {"image_size": 64},
+            "widths": [8, 8, 8, 8, 8],
+            "shared_decoder": True,
+        },
+        "train": {
+            "steps": 2,
+            "batch_size": 2,
+            "crop": 64,
+            "out_dir": str(tmp / "run"),
+            "label_tile": 128,
+            "warmup_steps": 1,
+        },
+        "predict": {"window": 64, "overlap": 16, "batch_size": 4},
+    }
+    path = tmp / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_train_predict_evaluate(
+    config: Path, tmp_path: Path, data_dir: Path, cmu_slide: Path
+) -> None:
+    run = Path(yaml.safe_load(config.read_text())["train"]["out_dir"])
+    assert main(["nuclei", "train", str(config), "--no-progress"]) == 0
+    ckpt = run / "nuclei.pt"
+    assert ckpt.is_file() and (run / "metrics.jsonl").read_text().count("\n") >= 1
+    val = json.loads((run / "val_metrics.json").read_text())
+    assert 0.0 <= val["pq"] <= 1.0 or np.isnan(val["pq"])
+
+    img = cv2.imread(str(data_dir / "nuclei" / "hgsc_nest.jpg"))[:96, :128]
+    cv2.imwrite(str(tmp_path / "tile.png"), img)
+    out = tmp_path / "pred"
+    assert (
+        main(
+            [
+                "nuclei",
+                "predict",
+                str(tmp_path / "tile.png"),
+                "--checkpoint",
+                str(ckpt),
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    maps = np.load(out / "tile.npz")
+    assert maps["inst"].shape == (96, 128) and maps["types"].shape == (96, 128)
+    doc = json.loads((out / "tile.geojson").read_text())
+    assert qupath_problems(doc, NAMES) == []
+    assert len(doc["features"]) <= len(np.unique(maps["inst"])) - 1  # specks have no polygon
+    assert (out / "tile_overlay.png").is_file()
+
+    assert (
+        main(
+            [
+                "nuclei",
+                "predict",
+                str(cmu_slide),
+                "--checkpoint",
+                str(ckpt),
+                "--out",
+                str(out),
+                "--region",
+                "900",
+                "1400",
+                "100",
+                "100",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    doc = json.loads((out / f"{cmu_slide.stem}.geojson").read_text())
+    assert qupath_problems(doc, NAMES) == []
+
+
+def test_evaluate_ground_truth_against_itself(
+    tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = data_dir / "nuclei"
+    inst = np.load(d / "hgsc_nest_inst_mask.npz")["nuc_raster"][:300, :300]
+    types = np.load(d / "hgsc_nest_type_mask.npz")["nuc_raster"][:300, :300]
+    np.savez(tmp_path / "t.npz", inst=inst, types=types)
+    shifted = np.where(inst > 0, inst + 1000, 0)  # other ids, same nuclei
+    np.savez(tmp_path / "p.npz", inst=shifted, types=types)
+    assert (
+        main(
+            [
+                "nuclei",
+                "evaluate",
+                "--pred",
+                str(tmp_path / "p.npz"),
+                "--true",
+                str(tmp_path / "t.npz"),
+                "--out",
+                str(tmp_path / "m.json"),
+            ]
+        )
+        == 0
+    )
+    m = json.loads((tmp_path / "m.json").read_text())
+    for k in ("pq", "sq", "dq", "mpq", "aji", "aji_plus", "dice", "f1_detection"):
+        assert m[k] == pytest.approx(1.0), k
+    # the raw hgsc pair (``nuc_raster`` keys, types in a second file)
+    full = np.load(d / "hgsc_nest_inst_mask.npz")["nuc_raster"]
+    full_types = np.load(d / "hgsc_nest_type_mask.npz")["nuc_raster"]
+    np.savez(tmp_path / "full.npz", inst=full, types=full_types)
+    assert (
+        main(
+            [
+                "nuclei",
+                "evaluate",
+                "--pred",
+                str(tmp_path / "full.npz"),
+                "--true",
+                str(d / "hgsc_nest_inst_mask.npz"),
+                "--true-types",
+                str(d / "hgsc_nest_type_mask.npz"),
+            ]
+        )
+        == 0
+    )
+    m = json.loads(capsys.readouterr().out)
+    assert m["pq"] == pytest.approx(1.0) and m["counts"]["tp"] == 1294
+    assert set(m["per_class_pq"]) == {"1", "2", "3"}
+    # unpaired inputs and mismatched shapes fail with exit code 2
+    assert (
+        main(
+            [
+                "nuclei",
+                "evaluate",
+                "--pred",
+                str(tmp_path / "p.npz"),
+                "--true",
+                str(tmp_path / "t.npz"),
+                str(tmp_path / "t.npz"),
+            ]
+        )
+        == 2
+    )
+    assert (
+        main(
+            [
+                "nuclei",
+                "evaluate",
+                "--pred",
+                str(tmp_path / "full.npz"),
+                "--true",
+                str(tmp_path / "t.npz"),
+            ]
+        )
+        == 2
+    )
+
+
+def test_label_efficiency(config: Path) -> None:
+    run = Path(yaml.safe_load(config.read_text())["train"]["out_dir"])
+    assert (
+        main(["nuclei", "label-efficiency", str(config), "fractions=[0.25, 1.0]", "--no-progress"])
+        == 0
+    )
+    rep = json.loads((run / "label_efficiency.json").read_text())
+    assert [r["fraction"] for r in rep["runs"]] == [0.25, 1.0]
+    n = [r["labelled_nuclei"] for r in rep["runs"]]
+    assert 0 < n[0] < n[1]
+    png = cv2.imread(str(run / "label_efficiency.png"))
+    assert png is not None and png.shape == (420, 640, 3)
+
+
+def test_help_mentions_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["nuclei", "--help"])
+    text = capsys.readouterr().out
+    assert "train" in text and "predict" in text and "evaluate" in text
+    assert main(["nuclei"]) == 2
