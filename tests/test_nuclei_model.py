@@ -139,8 +139,9 @@ def test_label_subsets_are_nested_and_cover(hgsc: LabelledImage) -> None:
 
     train = hgsc.region(0, 0, 1000, 1500)
     subsets = {f: subset_labels([train], f, 256, seed=1) for f in (0.1, 0.3, 1.0)}
-    keys = {f: {(s.image.__array_interface__["data"][0]) for s in sub}
-            for f, sub in subsets.items()}
+    keys = {
+        f: {(s.image.__array_interface__["data"][0]) for s in sub} for f, sub in subsets.items()
+    }
     assert keys[0.1] < keys[0.3] < keys[1.0]
     assert len(subsets[0.1]) == 3 and len(subsets[1.0]) == 24
     covered = np.zeros((1500, 1000), bool)
@@ -157,7 +158,9 @@ def test_config_rejects_unknown_keys() -> None:
 
     with pytest.raises(ValueError, match="unknown config key train.stepz"):
         config_from_dict({"train": {"stepz": 3}})
-    cfg = load_config(Path(__file__).parents[1] / "configs/nuclei/hgsc_resnet18_cpu.yaml",
-                      ["train.steps=7", "postprocess.sobel_kernel_size=5"])
+    cfg = load_config(
+        Path(__file__).parents[1] / "configs/nuclei/hgsc_resnet18_cpu.yaml",
+        ["train.steps=7", "postprocess.sobel_kernel_size=5"],
+    )
     assert cfg.train.steps == 7 and cfg.postprocess.sobel_kernel_size == 5
     assert cfg.data.type_names == ["connective", "inflammatory", "neoplastic"]

@@ -40,6 +40,7 @@ from tiling.pipeline import (
 )
 from tiling.store import read_attrs, remove_tree
 
+OVERVIEW_MAX_SIDE = 1600  # px, longest side of the overview PNGs
 MANIFEST_COLUMNS = ["slide", "status", "n_tiles", "mpp", "mpp_source", "seconds", "error"]
 
 
@@ -323,9 +324,17 @@ def _overview(out: Path, plan: SlidePlan, enabled: bool) -> str:
 
     coords = plan.grid.level0_coords(plan.rows, plan.cols)
     target = out / "overviews" / f"{plan.slide_id}.png"
+    thumb, mask = plan.thumbnail, plan.tissue_mask
+    shrink = -(-max(thumb.shape[:2]) // OVERVIEW_MAX_SIDE)
+    if shrink > 1:  # a picture to look at, not data: keep it light to draw and to load
+        import cv2
+
+        size = (max(1, thumb.shape[1] // shrink), max(1, thumb.shape[0] // shrink))
+        thumb = cv2.resize(thumb, size, interpolation=cv2.INTER_AREA)
+        mask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
     render_overview(
-        plan.thumbnail,
-        plan.tissue_mask,
+        thumb,
+        mask,
         coords,
         plan.grid.size * plan.grid.level0_per_tile_px,
         tuple(plan.attrs["slide"]["level0_dims"]),

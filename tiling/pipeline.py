@@ -54,7 +54,7 @@ class TileOptions:
     shard_tiles: int = SHARD_TILES
     max_upsample: float = 1.10
     fast_reader: bool = True
-    band_tiles: int = 32
+    band_tiles: int = 16
 
     @property
     def target_mpp(self) -> float:
@@ -275,6 +275,7 @@ def tile_job(
     size = plan.grid.size
     colour_step, blur_step = qc_steps(size)
     band_buf = np.empty((size, plan.band_tiles * size, 3), np.uint8)  # reused for every band
+    tile_buf = np.empty((size, size, 3), np.uint8)
     pending: list[bytes | None] = []  # encoded tiles of the shard being filled
 
     def flush(end: int) -> None:
@@ -319,8 +320,10 @@ def tile_job(
             for name in QC_NAMES:
                 scores[name][i - start : j - start] = band_scores[name]
             for k in range(j - i):
-                tile = band[:, k * size : (k + 1) * size]
-                pending.append(encode_tile(tile, plan.codec, plan.quality, plan.subsampling))
+                # a contiguous copy in a small reused buffer encodes faster than the strided
+                # band view (it stays in the core's cache)
+                np.copyto(tile_buf, band[:, k * size : (k + 1) * size])
+                pending.append(encode_tile(tile_buf, plan.codec, plan.quality, plan.subsampling))
                 if (i + k + 1) % k_shard == 0 or i + k + 1 == stop:
                     flush(i + k + 1)
             if progress is not None:

@@ -177,33 +177,36 @@ def render_overview(
 
     # Tiles: paint an overlay + coverage, blend once (overlapping tiles do not darken twice).
     overlay = np.zeros((h, w, 3), dtype=np.uint8)
-    covered = np.zeros((h, w), dtype=bool)
+    covered_u8 = np.zeros((h, w), dtype=np.uint8)
     colours = score_to_rgb(scores) if scores is not None else np.tile(NO_SCORE_RGB, (len(xy), 1))
-    edges: list[tuple[int, int, int, int, np.ndarray]] = []
-    for (x, y), colour in zip(xy, colours, strict=True):
-        if not (math.isfinite(x) and math.isfinite(y)):
-            continue
-        c0 = max(0, math.floor(x * sx))
-        r0 = max(0, math.floor(y * sy))
-        c1 = min(w, math.ceil((x + tile_size_level0) * sx))
-        r1 = min(h, math.ceil((y + tile_size_level0) * sy))
-        if c1 <= c0 or r1 <= r0:
-            continue
-        overlay[r0:r1, c0:c1] = colour
-        covered[r0:r1, c0:c1] = True
-        if tile_size_level0 * min(sx, sy) >= 8:
-            edges.append((r0, r1, c0, c1, colour))
+    with np.errstate(invalid="ignore"):
+        finite: np.ndarray = np.asarray(np.isfinite(xy).all(axis=1))
+        safe = np.where(finite[:, None], xy, 0.0)
+        c0 = np.maximum(0, np.floor(safe[:, 0] * sx)).astype(np.int64)
+        r0 = np.maximum(0, np.floor(safe[:, 1] * sy)).astype(np.int64)
+        c1 = np.minimum(w, np.ceil((safe[:, 0] + tile_size_level0) * sx)).astype(np.int64)
+        r1 = np.minimum(h, np.ceil((safe[:, 1] + tile_size_level0) * sy)).astype(np.int64)
+    keep = np.flatnonzero(finite & (c1 > c0) & (r1 > r0))
+    boxes = [
+        ((int(c0[i]), int(r0[i])), (int(c1[i]) - 1, int(r1[i]) - 1), tuple(colours[i].tolist()))
+        for i in keep
+    ]
+    for p0, p1, colour in boxes:  # filled rectangles, in C
+        cv2.rectangle(overlay, p0, p1, colour, -1)
+        cv2.rectangle(covered_u8, p0, p1, 255, -1)
     view = np.array(img, dtype=np.uint8, order="C")  # contiguous copy: cv2 draws in place
-    blended = img[covered].astype(np.float32) * (1 - ALPHA) + overlay[covered] * ALPHA
-    view[covered] = np.rint(blended).astype(np.uint8)
-    for r0, r1, c0, c1, colour in edges:
-        view[r0, c0:c1] = view[r1 - 1, c0:c1] = colour
-        view[r0:r1, c0] = view[r0:r1, c1 - 1] = colour
+    blended = cv2.addWeighted(view, 1 - ALPHA, overlay, ALPHA, 0.0)
+    np.copyto(view, blended, where=covered_u8[:, :, None].astype(bool))
+    if tile_size_level0 * min(sx, sy) >= 8:
+        for p0, p1, colour in boxes:
+            cv2.rectangle(view, p0, p1, colour, 1)
 
     # Tissue outline: mask -> thumbnail grid by nearest neighbour (pixel centres), then contours.
     if mask.size:
-        rows, cols = _nearest(h, mask.shape[0]), _nearest(w, mask.shape[1])
-        big = mask.astype(bool)[np.ix_(rows, cols)].astype(np.uint8)
+        big = mask.astype(np.uint8)
+        if big.shape != (h, w):
+            rows, cols = _nearest(h, mask.shape[0]), _nearest(w, mask.shape[1])
+            big = big[np.ix_(rows, cols)]
         contours, _ = cv2.findContours(big, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
         thickness = max(1, round(max(h, w) / 1000))
         cv2.drawContours(view, contours, -1, OUTLINE_RGB, thickness)
@@ -212,7 +215,9 @@ def render_overview(
     canvas = np.full((canvas_h, canvas_w, 3), 255, dtype=np.uint8)
     canvas[:h, :w] = view
     _draw_footer(canvas, h + 4, title, len(xy), scores is not None, score_name)
-    ok, png = cv2.imencode(".png", np.ascontiguousarray(canvas[:, :, ::-1]))
+    ok, png = cv2.imencode(
+        ".png", np.ascontiguousarray(canvas[:, :, ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, 1]
+    )
     if not ok:
         raise RuntimeError(f"could not encode overview PNG for {out_png}")
     _atomic_write(Path(out_png), png.tobytes())

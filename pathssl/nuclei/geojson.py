@@ -192,9 +192,11 @@ def draw_overlay(
     type_names: Sequence[str],
     scale: float = 1.0,
     offset: tuple[float, float] = (0.0, 0.0),
+    inplace: bool = False,
 ) -> NDArray[np.uint8]:
-    """Outlines coloured by type on an RGB image; level-0 -> image: ``(p - offset) * scale``."""
-    out = np.ascontiguousarray(image.copy())
+    """Outlines coloured by type on an RGB image (a copy unless ``inplace``, which needs a
+    contiguous array); level-0 -> image: ``(p - offset) * scale``."""
+    out = image if inplace else np.ascontiguousarray(image.copy())
     for nuc in nuclei:
         name = type_names[nuc.type - 1] if 0 < nuc.type <= len(type_names) else "nucleus"
         pts = np.round((nuc.ring - np.asarray(offset)) * scale).astype(np.int32)

@@ -45,9 +45,11 @@ def window_origins(length: int, window: int, overlap: int) -> list[int]:
 
 
 def ownership(origins: list[int], window: int, length: int) -> list[tuple[float, float]]:
-    """Owned interval ``[lo, hi)`` of each window: cuts at the middle of each overlap."""
+    """Owned interval ``[lo, hi)`` of each window: cuts at the middle of each overlap; the first
+    starts at 0 and the last ends at ``length`` (nothing beyond the image or region is owned,
+    e.g. slide pixels a window reads past the end of a region)."""
     cuts = [(origins[k + 1] + origins[k] + window) / 2 for k in range(len(origins) - 1)]
-    return list(zip([-np.inf, *cuts], [*cuts, np.inf], strict=True))
+    return list(zip([0.0, *cuts], [*cuts, float(length)], strict=True))
 
 
 @dataclass
@@ -283,9 +285,9 @@ def predict_slide(
     assume_mpp: float | None = None,
 ) -> SlideResult:
     """Nuclei of a slide (or a level-0 ``region`` ``(x, y, w, h)``) -> streamed GeoJSON, plus a
-    PNG overlay on a thumbnail at most ``overlay_side`` px wide (outlines drawn as found)."""
+    PNG overlay on a thumbnail at most ``overlay_side`` px wide, built from the windows as they
+    are read and outlined as nuclei are found (memory: the thumbnail, whatever the slide)."""
     from pathssl.nuclei.geojson import GeoJSONWriter, draw_overlay, write_png
-    from tiling.slide import open_slide
 
     read, width, height, f, slide_mpp = slide_reader(path, model_mpp, assume_mpp)
     x0 = y0 = 0
@@ -294,27 +296,32 @@ def predict_slide(
         width = min(int(region[2] / f), width - x0)
         height = min(int(region[3] / f), height - y0)
 
-    def read_region(x: int, y: int, size: int) -> NDArray[np.uint8]:
-        return read(x + x0, y + y0, size)
-
     canvas, k = None, 1.0
-    if overlay is not None:
+    if overlay is not None:  # filled from the windows as they are read: no second slide pass
         k = min(1.0, overlay_side / max(width * f, height * f))
-        slide = open_slide(path)
-        level = slide.get_best_level_for_downsample(1 / k)
-        ds = slide.level_downsamples[level]
-        size = (int(round(width * f / ds)), int(round(height * f / ds)))
-        rgba = slide.read_region((int(x0 * f), int(y0 * f)), level, size).convert("RGB")
-        canvas = np.asarray(
-            cv2.resize(np.asarray(rgba), (int(width * f * k), int(height * f * k))), np.uint8
-        )
+        shape = (max(int(height * f * k), 1), max(int(width * f * k), 1))
+        canvas = np.full((*shape, 3), 255, np.uint8)
+        filled = np.zeros(shape, bool)  # pixels pasted once only: outlines are never covered
+
+    def read_region(x: int, y: int, size: int) -> NDArray[np.uint8]:
+        img = read(x + x0, y + y0, size)
+        if canvas is not None:
+            n = max(int(round(size * f * k)), 1)
+            cx, cy = int(round(x * f * k)), int(round(y * f * k))
+            small = cv2.resize(img, (n, n), interpolation=cv2.INTER_AREA)
+            sub, done = canvas[cy : cy + n, cx : cx + n], filled[cy : cy + n, cx : cx + n]
+            h, w = sub.shape[:2]
+            sub[~done] = small[:h, :w][~done]
+            done[...] = True
+        return img
+
     origin = (x0 * f, y0 * f)
     done0 = predictor.windows_done
     with GeoJSONWriter(out, type_names, slide_mpp) as gw:
         for nuc in predictor.nuclei(read_region, width, height, f, origin):
             gw.write(nuc)
             if canvas is not None:
-                canvas = draw_overlay(canvas, [nuc], type_names, k, origin)
+                draw_overlay(canvas, [nuc], type_names, k, origin, inplace=True)
         count = gw.count
     png = write_png(overlay, canvas) if overlay is not None and canvas is not None else None
     return SlideResult(Path(out), count, predictor.windows_done - done0, slide_mpp, png)
