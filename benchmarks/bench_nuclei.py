@@ -76,22 +76,26 @@ def run_one(args: argparse.Namespace) -> dict[str, object]:
     out = Path(args.out_dir) / f"nuclei-{size}.geojson"
     tracemalloc.start()
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    run0 = pred.windows_run
     t0 = time.perf_counter()
     res = predict_slide(pred, args.slide, out, names, mpp, region=(x0, y0, size, size))
     if device.type == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    _, peak = tracemalloc.get_traced_memory()
+    current, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     return {
         "size": size,
         "device": str(device),
         "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
         "windows": res.windows,
+        "model_windows": pred.windows_run - run0,
         "nuclei": res.count,
         "seconds": round(dt, 2),
         "windows_per_s": round(res.windows / dt, 2),
+        "model_windows_per_s": round((pred.windows_run - run0) / dt, 2),
         "tracemalloc_peak_mb": round(peak / 2**20, 1),
+        "tracemalloc_end_mb": round(current / 2**20, 1),  # held after the run: no accumulation
         "rss_peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "rss_before_mb": round(rss0 / 1024, 1),
         "gpu_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)
@@ -151,10 +155,13 @@ def main() -> int:
         "size",
         "device",
         "windows",
+        "model_windows",
         "nuclei",
         "seconds",
         "windows_per_s",
+        "model_windows_per_s",
         "tracemalloc_peak_mb",
+        "tracemalloc_end_mb",
         "rss_peak_mb",
         "gpu_peak_mb",
     ]

@@ -54,6 +54,11 @@ def test_finetune_modes_and_pretrained_trunk() -> None:
     vit = build_nuclei_model("vit_tiny", 1, finetune="partial", trainable_stages=1)
     layers = vit.encoder.backbone.encoder.layers
     assert not any(p.requires_grad for p in layers[0].parameters())
+    assert not vit.encoder.backbone.class_token.requires_grad
+    assert not vit.encoder.backbone.encoder.pos_embedding.requires_grad
+    assert all(p.requires_grad for p in vit.encoder.up4.parameters())  # the adapter trains
+    frozen = build_nuclei_model("vit_tiny", 1, finetune="frozen")
+    assert not any(p.requires_grad for p in frozen.encoder.backbone.parameters())
     assert all(p.requires_grad for p in vit.encoder.backbone.encoder.ln.parameters())
     with pytest.raises(ValueError, match="finetune"):
         model.set_finetune("some")  # type: ignore[arg-type]

@@ -213,6 +213,12 @@ class NucleiModel(nn.Module):
         self.frozen = groups[:n_frozen]
         for g in self.frozen:
             g.requires_grad_(False)
+        # trunk parameters outside the groups (ViT class token, position embeddings) sit at the
+        # input end: trained only with the whole trunk
+        covered = {id(p) for g in groups for p in g.parameters()}
+        for p in self.encoder.backbone.parameters():
+            if id(p) not in covered:
+                p.requires_grad_(n_frozen == 0)
         self.finetune = finetune
         self.train(self.training)
 

@@ -115,7 +115,8 @@ class NucleiPredictor:
         self.window, self.overlap, self.batch_size = window, overlap, batch_size
         self.pp = postprocess_cfg or PostProcessConfig()
         self.progress = progress
-        self.windows_done = 0
+        self.windows_done = 0  # windows read
+        self.windows_run = 0  # windows through the model (the rest: glass, skipped)
 
     @torch.inference_mode()
     def predict_batch(self, images: NDArray[np.uint8]) -> list[Instances]:
@@ -144,6 +145,7 @@ class NucleiPredictor:
                 imgs = np.stack([read(w.x, w.y, self.window) for w in wins])
                 todo = [i for i in range(len(wins)) if not skip(imgs[i])]
                 results = self.predict_batch(imgs[todo]) if todo else []
+                self.windows_run += len(todo)
                 for i, res in zip(todo, results, strict=True):
                     yield wins[i], res, kept_ids(res, wins[i], self.window)
                 self.windows_done += len(wins)
