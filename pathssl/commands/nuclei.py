@@ -142,25 +142,15 @@ def run(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from pathssl.nuclei.config import load_config
-    from pathssl.nuclei.label_efficiency import predict_images
-    from pathssl.nuclei.predict import NucleiPredictor
-    from pathssl.nuclei.train import load_data, pick_device, train_nuclei
+    from pathssl.nuclei.label_efficiency import predict_images, validation_predictor
+    from pathssl.nuclei.train import load_data, train_nuclei
 
     cfg = load_config(args.config, args.overrides)
     res = train_nuclei(cfg, progress=not args.no_progress)
     print(f"checkpoint -> {res.checkpoint} ({res.seconds:.0f} s)")
     _, val = load_data(cfg.data)
     if val:
-        device = pick_device(cfg.train.device)
-        pred = NucleiPredictor(
-            res.model.to(device),
-            window=cfg.predict.window,
-            overlap=cfg.predict.overlap,
-            batch_size=cfg.predict.batch_size,
-            device=device,
-            postprocess_cfg=cfg.postprocess,
-            progress=False,
-        )
+        pred = validation_predictor(res.model, cfg)
         scores = _score_instances(val, predict_images(pred, val))
         path = Path(cfg.train.out_dir) / "val_metrics.json"
         path.write_text(json.dumps(scores, indent=2))

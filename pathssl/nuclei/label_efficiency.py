@@ -30,6 +30,20 @@ from pathssl.nuclei.train import load_data, pick_device, subset_labels, train_nu
 ScoreFn = Callable[[Sequence[LabelledImage], Sequence[Instances]], dict[str, Any]]
 
 
+def validation_predictor(model: Any, cfg: NucleiConfig) -> NucleiPredictor:
+    """A quiet predictor for a freshly trained model, with the config's window settings."""
+    device = pick_device(cfg.train.device)
+    return NucleiPredictor(
+        model.to(device),
+        window=cfg.predict.window,
+        overlap=cfg.predict.overlap,
+        batch_size=cfg.predict.batch_size,
+        device=device,
+        postprocess_cfg=cfg.postprocess,
+        progress=False,
+    )
+
+
 def predict_images(predictor: NucleiPredictor, images: Sequence[LabelledImage]) -> list[Instances]:
     return [predictor.predict_image(im.image) for im in images]
 
@@ -54,16 +68,7 @@ def run_label_efficiency(
         run_cfg.train.out_dir = str(out_dir / f"fraction_{f:g}")
         run_cfg.train.label_fraction = f
         res = train_nuclei(run_cfg, subset, progress=progress)
-        device = pick_device(cfg.train.device)
-        predictor = NucleiPredictor(
-            res.model.to(device),
-            window=cfg.predict.window,
-            overlap=cfg.predict.overlap,
-            batch_size=cfg.predict.batch_size,
-            device=device,
-            postprocess_cfg=cfg.postprocess,
-            progress=False,
-        )
+        predictor = validation_predictor(res.model, cfg)
         scores = score(val_images, predict_images(predictor, val_images))
         rows.append(
             {
