@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pathssl.eval.probes import ProbeOutput
 from pathssl.models.backbones import Backbone, build_backbone
+from pathssl.models.pretrained import load_pretrained
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -57,19 +58,8 @@ def load_encoder(
         params: dict[str, Any] = {"image_size": image_size} if backbone.startswith("vit") else {}
         model = build_backbone(backbone, **params)
         return Encoder(model.eval(), IMAGENET_MEAN, IMAGENET_STD, backbone)
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    meta: dict[str, Any] = ckpt.get("meta", {})
+    model, meta = load_pretrained(checkpoint, expect_backbone=backbone, image_size=image_size)
     name = str(meta.get("backbone", backbone))
-    if backbone is not None and name != backbone:
-        raise ValueError(f"checkpoint {path} holds a {name} trunk, config asks for {backbone}")
-    params = dict(meta.get("backbone_params", {}))
-    if name.startswith("vit"):
-        params.setdefault("image_size", int(meta.get("image_size", image_size)))
-    model = build_backbone(name, **params)
-    model.load_state_dict(ckpt["trunk"])
     mean = tuple(float(v) for v in meta.get("mean", IMAGENET_MEAN))
     std = tuple(float(v) for v in meta.get("std", IMAGENET_STD))
     mpp = meta.get("tile_mpp")

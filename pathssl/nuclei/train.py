@@ -29,6 +29,7 @@ from pathssl.heads.datasets import (
 )
 from pathssl.heads.hovernet import NucleiModel, build_nuclei_model
 from pathssl.heads.loss import HoVerNetCriterion
+from pathssl.models.pretrained import read_pretrained
 from pathssl.nuclei.config import DataConfig, ModelConfig, NucleiConfig, as_dict
 
 CHECKPOINT = "nuclei.pt"
@@ -103,11 +104,7 @@ def build_model(cfg: ModelConfig, num_types: int) -> NucleiModel:
     """The model a config describes; a pretraining checkpoint supplies trunk and mean/std."""
     trunk, mean, std = None, cfg.mean, cfg.std
     if cfg.checkpoint:
-        ckpt = torch.load(cfg.checkpoint, map_location="cpu", weights_only=True)
-        trunk = ckpt["trunk"]
-        meta = ckpt.get("meta", {})
-        if meta.get("backbone") not in (None, cfg.backbone):
-            raise ValueError(f"{cfg.checkpoint} holds a {meta['backbone']}, not {cfg.backbone}")
+        trunk, meta = read_pretrained(cfg.checkpoint, expect_backbone=cfg.backbone)
         mean, std = meta.get("mean", mean), meta.get("std", std)
     return build_nuclei_model(
         cfg.backbone,

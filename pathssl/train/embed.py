@@ -18,20 +18,13 @@ import torch
 from torch import Tensor
 
 from pathssl.data import TileDataset, collate_uint8
-from pathssl.models.backbones import ResNetBackbone, ViTBackbone, build_backbone
-from pathssl.train.checkpoint import load_checkpoint
+from pathssl.models.backbones import ResNetBackbone, ViTBackbone
+from pathssl.models.pretrained import load_pretrained
 
 
 def load_trunk(checkpoint: str | Path) -> tuple[ResNetBackbone | ViTBackbone, dict[str, Any]]:
     """The pretrained backbone (eval mode, CPU) and the checkpoint's ``meta``."""
-    ckpt = load_checkpoint(checkpoint)
-    meta: dict[str, Any] = ckpt["meta"]
-    params = dict(meta.get("backbone_params", {}))
-    if meta["backbone"].startswith("vit"):
-        params.setdefault("image_size", int(meta.get("image_size", 224)))
-    backbone = build_backbone(meta["backbone"], **params)
-    backbone.load_state_dict(ckpt["trunk"])
-    return backbone.eval(), meta
+    return load_pretrained(checkpoint)
 
 
 @torch.no_grad()
