@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -372,8 +372,3 @@ def finish_slide(
     attrs = {**plan.attrs, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     writer.finish(coords, qc, plan.thumbnail, plan.tissue_mask, attrs)
     commit(Path(plan.tmp), final)
-
-
-def plan_summary(plan: SlidePlan) -> dict[str, Any]:
-    """Small JSON-able description of a plan (for logs)."""
-    return {"slide": plan.slide_id, "tiles": plan.n_tiles, "grid": asdict(plan.grid)}
