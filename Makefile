@@ -23,8 +23,9 @@ demo: venv
 	$(BIN)/python -c "from tiling import open_store; print(open_store('$(DEMO_OUT)/tiles/CMU-1-Small-Region.zarr'))"
 	$(BIN)/pathssl augment-preview $(DEMO_OUT)/tiles/CMU-1-Small-Region.zarr --recipe simclr \
 	  --out $(DEMO_OUT)/augment-simclr.png
-	$(BIN)/python benchmarks/demo_knn.py --out $(DEMO_OUT)/pretrain --steps 300
-	@echo "Open $(DEMO_OUT)/tiles/report.html, $(DEMO_OUT)/augment-simclr.png and $(DEMO_OUT)/pretrain/"
+	$(BIN)/python benchmarks/demo_pipeline.py --out $(DEMO_OUT) --data $(DATA) \
+	  --pretrain-steps 300 --nuclei-steps 300
+	@echo "Open $(DEMO_OUT)/report.html"
 
 lint: venv
 	$(BIN)/ruff check tiling pathssl tests benchmarks
