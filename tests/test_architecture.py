@@ -23,9 +23,9 @@ LAYERS: dict[str, int] = {
     "pathssl.train": 5,
     "pathssl.eval": 5,
     "pathssl.export": 5,
-    "pathssl.nuclei": 5,
-    "pathssl.commands": 6,
-    "pathssl.cli": 6,
+    "pathssl.nuclei": 6,
+    "pathssl.commands": 7,
+    "pathssl.cli": 7,
 }
 
 

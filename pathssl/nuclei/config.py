@@ -57,6 +57,9 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
+    """``precision``: auto (bf16 autocast on CUDA) | bf16 | fp32; ``ckpt_every``: steps between
+    resumable checkpoints (``out_dir/last.pt``); ``resume``: continue from that checkpoint."""
+
     steps: int = 300
     batch_size: int = 4
     crop: int = 256
@@ -72,6 +75,9 @@ class TrainConfig:
     out_dir: str = "runs/nuclei"
     label_tile: int = 256
     label_fraction: float = 1.0
+    precision: str = "auto"
+    ckpt_every: int = 500
+    resume: bool = False
 
 
 @dataclass

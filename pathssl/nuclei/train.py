@@ -1,24 +1,26 @@
 """Supervised training of the HoVer-Net style nuclei head (``pathssl nuclei train CONFIG``).
 
-The SSL loop (:mod:`pathssl.train.loop`) is built around unlabelled tile stores, view recipes and
-``method(views)``; supervised crops with targets do not fit it, so this module has its own small
-loop: random crops (+ one dihedral draw shared by image and maps) -> ``NucleiModel`` -> MONAI
-``HoVerNetLoss`` -> AdamW with linear warm-up and cosine decay, gradient clipping, a
-``metrics.jsonl`` log and a checkpoint ``{"model", "meta"}`` (``nuclei.pt``).
+Runs through the one training loop (:class:`pathssl.train.loop.Trainer`) with a
+:class:`~pathssl.train.loop.SupervisedStep`: random crops (+ one dihedral draw shared by image and
+maps) -> :class:`NucleiTrainModule` (``NucleiModel`` + MONAI ``HoVerNetLoss``, returning
+``{"loss", **logs}``) -> AdamW with linear warm-up and cosine decay. The loop supplies bf16
+autocast on CUDA, gradient clipping, the NaN guard, ``metrics.jsonl``, progress and resumable
+checkpoints (``last.pt``); the result is a checkpoint ``{"model", "meta"}`` (``nuclei.pt``).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor, nn
 
 from pathssl.heads.datasets import (
     LabelledImage,
@@ -31,6 +33,7 @@ from pathssl.heads.hovernet import NucleiModel, build_nuclei_model
 from pathssl.heads.loss import HoVerNetCriterion
 from pathssl.models.pretrained import read_pretrained
 from pathssl.nuclei.config import DataConfig, ModelConfig, NucleiConfig, as_dict
+from pathssl.train.loop import LoopSettings, SupervisedStep, Trainer
 
 CHECKPOINT = "nuclei.pt"
 
@@ -128,11 +131,51 @@ class TrainResult:
     seconds: float
 
 
+class NucleiTrainModule(nn.Module):
+    """Owns the head's forward and loss: ``(images, targets) -> {"loss", np_ce, hv_mse, ...}``."""
+
+    def __init__(self, model: NucleiModel, criterion: HoVerNetCriterion) -> None:
+        super().__init__()
+        self.model = model
+        self.criterion = criterion
+
+    def forward(self, images: Tensor, targets: dict[str, Tensor]) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = self.criterion(self.model(images), targets)
+        return out
+
+
+class OffsetSampler(torch.utils.data.Sampler[int]):
+    """``start, start + 1, ..., length - 1``: the crop dataset's items are pure functions of
+    their index, so restarting at the consumed count resumes the stream exactly."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+        self.start = 0
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.start, self.length))
+
+    def __len__(self) -> int:
+        return self.length - self.start
+
+    def state_dict(self, consumed: int) -> dict[str, Any]:
+        return {"start": consumed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.start = int(state["start"])
+
+
 def _save(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     torch.save(payload, tmp)
     os.replace(tmp, path)
+
+
+def _bf16(precision: str, device: torch.device) -> bool:
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"train.precision must be auto, bf16 or fp32, got {precision!r}")
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
 
 def train_nuclei(
@@ -141,9 +184,8 @@ def train_nuclei(
     progress: bool = True,
 ) -> TrainResult:
     """Train per ``cfg``; ``train_images`` overrides the config's data (label-efficiency runs).
-    Writes ``out_dir/nuclei.pt`` and ``out_dir/metrics.jsonl``."""
-    from tqdm import tqdm
-
+    Writes ``out_dir/nuclei.pt``, ``out_dir/metrics.jsonl`` and ``out_dir/last.pt`` (every
+    ``train.ckpt_every`` steps; ``train.resume=true`` continues from it)."""
     t_start = time.perf_counter()
     tc = cfg.train
     torch.manual_seed(tc.seed)
@@ -155,9 +197,16 @@ def train_nuclei(
     num_types = len(cfg.data.type_names)
     model = build_model(cfg.model, num_types).to(device)
     criterion = HoVerNetCriterion(tc.lambda_hv_mse, use_types=num_types > 1)
+    module = NucleiTrainModule(model, criterion)
     ds = NucleiCropDataset(train_images, tc.crop, tc.steps * tc.batch_size, seed=tc.seed)
+    sampler = OffsetSampler(len(ds))
     loader = torch.utils.data.DataLoader(
-        ds, batch_size=tc.batch_size, num_workers=tc.num_workers, drop_last=True
+        ds,
+        batch_size=tc.batch_size,
+        sampler=sampler,
+        num_workers=tc.num_workers,
+        drop_last=True,
+        pin_memory=device.type == "cuda",
     )
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
@@ -170,36 +219,6 @@ def train_nuclei(
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     out_dir = Path(tc.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log = open(out_dir / "metrics.jsonl", "w")  # noqa: SIM115 - closed in finally
-    model.train()
-    sums: dict[str, float] = {}
-    last: dict[str, float] = {}
-    bar = tqdm(total=tc.steps, unit="step", disable=not progress, dynamic_ncols=True)
-    try:
-        for step, batch in enumerate(loader, start=1):
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            out = model(batch.pop("image"))
-            logs = criterion(out, batch)
-            opt.zero_grad(set_to_none=True)
-            logs["loss"].backward()
-            gn = torch.nn.utils.clip_grad_norm_(params, tc.clip_grad or math.inf)
-            if torch.isfinite(logs["loss"]) and torch.isfinite(gn):
-                opt.step()
-            sched.step()
-            for k, v in logs.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            bar.update(1)
-            if step % tc.log_every == 0 or step == tc.steps:
-                n = tc.log_every if step % tc.log_every == 0 else step % tc.log_every
-                last = {k: v / n for k, v in sums.items()}
-                sums = {}
-                log.write(json.dumps({"step": step, **last, "lr": sched.get_last_lr()[0]}) + "\n")
-                log.flush()
-                bar.set_postfix(loss=f"{last['loss']:.3f}")
-    finally:
-        bar.close()
-        log.close()
     meta = {
         "kind": "nuclei",
         "backbone": cfg.model.backbone,
@@ -208,6 +227,20 @@ def train_nuclei(
         "mpp": cfg.data.mpp,
         "config": as_dict(cfg),
     }
+    settings = LoopSettings(
+        max_steps=tc.steps,
+        out_dir=out_dir,
+        ckpt_every=tc.ckpt_every,
+        log_every=tc.log_every,
+        bf16=_bf16(tc.precision, device),
+        clip_grad=tc.clip_grad or None,  # 0 or null: no clipping
+        progress=progress,
+    )
+    step = SupervisedStep(device)
+    trainer = Trainer(module, opt, sched, loader, sampler, step, device, settings, meta)
+    if not (tc.resume and trainer.resume()):
+        (out_dir / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run: a fresh log
+    last = trainer.fit()
     ckpt = out_dir / CHECKPOINT
     _save(ckpt, {"model": model.state_dict(), "meta": meta})
     return TrainResult(model.eval(), ckpt, last, time.perf_counter() - t_start)

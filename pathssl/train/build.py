@@ -23,7 +23,7 @@ from pathssl.models.backbones import BACKBONES, ResNetBackbone, build_backbone
 from pathssl.ssl.base import METHODS, SSLMethod
 from pathssl.train.config import ConfigError, PretrainConfig, to_dict
 from pathssl.train.distributed import DistInfo, init_distributed
-from pathssl.train.loop import LoopSettings, Trainer
+from pathssl.train.loop import LoopSettings, Trainer, ViewStep
 from pathssl.train.optim import build_optimizer, scaled_lr, warmup_cosine
 
 
@@ -217,24 +217,22 @@ def build_trainer(
         ckpt_every=t.ckpt_every,
         log_every=t.log_every,
         bf16=bf16,
-        channels_last=channels_last,
         clip_grad=o.clip_grad,
         max_bad_steps=t.max_bad_steps,
         progress=t.progress,
     )
+    views = ViewStep(recipe.torch().to(device), mean, std, device, generator, channels_last)
     return Trainer(
         method,
         optimizer,
         scheduler,
         loader,
         sampler,
-        recipe.torch().to(device),
-        mean,
-        std,
+        views,
         device,
-        generator,
         settings,
         meta,
+        generator=generator,
         dist_info=dist_info,
         model=model,
     )

@@ -1,10 +1,16 @@
-"""The one training loop every SSL method runs through.
+"""The one training loop: every SSL method and the supervised nuclei head run through it.
 
-Per step: uint8 tiles ``(B, 3, S, S)`` (decoded by DataLoader workers, or JPEG bytes decoded on
-the GPU) -> batched views on the device (``recipe.torch()``), normalised by the training tiles'
-mean/std -> ``method(views)`` under bf16 autocast (CUDA) -> backward -> method hooks ->
-gradient clipping -> NaN/inf guard -> optimiser and scheduler step -> EMA/queue updates.
-Checkpoints every ``ckpt_every`` steps (atomic) allow an exact resume.
+What a batch means is a small pluggable :class:`BatchStep`: ``prepare(batch)`` (outside autocast)
+makes the model's inputs on the device, ``forward(model, inputs)`` (under autocast) returns
+``{"loss": scalar, **logs}``. :class:`ViewStep` (SSL): uint8 tiles ``(B, 3, S, S)`` (decoded by
+DataLoader workers, or JPEG bytes decoded on the GPU) -> batched views on the device
+(``recipe.torch()``), normalised by the training tiles' mean/std -> ``method(views)``.
+:class:`SupervisedStep`: ``{"image", **targets}`` -> ``module(images, targets)``.
+
+Shared by both, per step: bf16 autocast (CUDA) -> backward -> method hooks (when the module has
+them) -> gradient clipping -> NaN/inf guard -> optimiser and scheduler step -> EMA/queue updates;
+metrics JSONL, progress, and checkpoints every ``ckpt_every`` steps (atomic) that allow an exact
+resume.
 """
 
 from __future__ import annotations
@@ -16,15 +22,14 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from pathssl.data import ResumableSampler, decode_jpeg_batch
+from pathssl.data import decode_jpeg_batch
 from pathssl.models.backbones import trunk_state_dict
-from pathssl.ssl.base import SSLMethod
 from pathssl.train.checkpoint import (
     CHECKPOINT_NAME,
     load_checkpoint,
@@ -49,35 +54,115 @@ class LoopSettings:
     ckpt_every: int = 500
     log_every: int = 10
     bf16: bool = False
-    channels_last: bool = False
     clip_grad: float | None = None
     max_bad_steps: int = 10
     progress: bool = True
 
 
-class Trainer:
-    """Runs ``method`` on batches from ``loader`` (whose sampler is ``sampler``).
+class ResumableOrder(Protocol):
+    """A sampler that can restart after ``consumed`` samples (``ResumableSampler``)."""
+
+    def state_dict(self, consumed: int) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class BatchStep(Protocol):
+    """How one loader batch becomes a loss. ``prepare`` runs outside autocast (no graph needed);
+    ``forward`` runs under autocast and returns ``{"loss": scalar tensor, **logs}``."""
+
+    def prepare(self, batch: Any) -> Any: ...
+
+    def forward(self, model: nn.Module, inputs: Any) -> dict[str, Tensor]: ...
+
+
+class ViewStep:
+    """SSL: uint8 tiles -> normalised views -> ``model(views)``.
 
     ``views``: a module ``(B, 3, S, S) uint8 -> {"views": [(B, 3, s, s) float in [0, 1]]}``
     called as ``views(x, generator)``; ``mean``/``std``: per-channel normalisation (RGB, [0, 1]
-    scale); ``model``: what to call for the forward pass (``method`` itself, or its DDP
-    wrapper); ``meta``: stored in every checkpoint.
-    """
+    scale)."""
 
     def __init__(
         self,
-        method: SSLMethod,
-        optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler,
-        loader: torch.utils.data.DataLoader[Any],
-        sampler: ResumableSampler,
         views: nn.Module,
         mean: Sequence[float],
         std: Sequence[float],
         device: torch.device,
         generator: torch.Generator,
+        channels_last: bool = False,
+    ) -> None:
+        self.views = views
+        self.device = device
+        self.generator = generator
+        self.channels_last = channels_last
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+
+    def images(self, batch: dict[str, Any]) -> Tensor:
+        """The batch's tiles as ``(B, 3, S, S)`` uint8 on the device."""
+        if "jpeg" in batch:
+            return decode_jpeg_batch(batch["jpeg"], self.device)
+        x: Tensor = batch["image"]
+        return x.to(self.device, non_blocking=True)
+
+    @torch.no_grad()
+    def make_views(self, images: Tensor) -> list[Tensor]:
+        out = self.views(images, self.generator)
+        views = [(v.float() - self.mean) / self.std for v in out["views"]]
+        if self.channels_last:
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        return views
+
+    def prepare(self, batch: dict[str, Any]) -> list[Tensor]:
+        return self.make_views(self.images(batch))
+
+    def forward(self, model: nn.Module, inputs: list[Tensor]) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = model(inputs)
+        return out
+
+
+class SupervisedStep:
+    """Supervised: ``{image_key: images, **targets}`` -> ``model(images, targets)``."""
+
+    def __init__(self, device: torch.device, image_key: str = "image") -> None:
+        self.device = device
+        self.image_key = image_key
+
+    def prepare(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        moved = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        return moved.pop(self.image_key), moved
+
+    def forward(
+        self, model: nn.Module, inputs: tuple[Tensor, dict[str, Tensor]]
+    ) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = model(*inputs)
+        return out
+
+
+class Trainer:
+    """Runs ``method`` on batches from ``loader`` (whose sampler is ``sampler``).
+
+    ``batch_step``: what a batch means (:class:`ViewStep`, :class:`SupervisedStep`); ``method``:
+    the module that owns the parameters and buffers; its optional hooks ``on_after_backward(step)``,
+    ``on_step_end(step, max_steps)`` and ``export_backbone()`` (a ``trunk`` in checkpoints) are
+    called when present; ``model``: what to call for the forward pass (``method`` itself, or its
+    DDP wrapper); ``generator``: the augmentation generator checkpointed with the RNG states;
+    ``meta``: stored in every checkpoint.
+    """
+
+    def __init__(
+        self,
+        method: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        loader: torch.utils.data.DataLoader[Any],
+        sampler: ResumableOrder,
+        batch_step: BatchStep,
+        device: torch.device,
         settings: LoopSettings,
         meta: dict[str, Any],
+        generator: torch.Generator | None = None,
         dist_info: DistInfo | None = None,
         model: nn.Module | None = None,
     ) -> None:
@@ -87,20 +172,34 @@ class Trainer:
         self.scheduler = scheduler
         self.loader = loader
         self.sampler = sampler
-        self.views = views
+        self.batch_step = batch_step
         self.device = device
         self.generator = generator
         self.s = settings
         self.meta = meta
         self.dist = dist_info or DistInfo()
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self.batch_size = int(loader.batch_size or 1)
         self.global_batch = self.batch_size * self.dist.world_size
         self.step = 0
         self.bad_streak = 0
         self.metrics = MetricsLogger(settings.out_dir, enabled=self.dist.is_main)
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
+
+    @property
+    def views(self) -> nn.Module:
+        """The view module of a :class:`ViewStep` (replaceable, e.g. to inject bad views)."""
+        assert isinstance(self.batch_step, ViewStep), "views: only an SSL ViewStep has views"
+        return self.batch_step.views
+
+    @views.setter
+    def views(self, module: nn.Module) -> None:
+        assert isinstance(self.batch_step, ViewStep), "views: only an SSL ViewStep has views"
+        self.batch_step.views = module
+
+    def _hook(self, name: str, *args: int) -> None:
+        fn = getattr(self.method, name, None)
+        if callable(fn):
+            fn(*args)
 
     # ----------------------------------------------------------------- checkpoints
     @property
@@ -117,8 +216,12 @@ class Trainer:
             blobs: list[Any] = [None] * self.dist.world_size
             dist.all_gather_object(blobs, buf.getvalue())
             rngs = [torch.load(io.BytesIO(b), weights_only=True) for b in blobs]
+        payload: dict[str, Any] = {}
+        export = getattr(self.method, "export_backbone", None)
+        if callable(export):
+            payload["trunk"] = trunk_state_dict(export())
         return {
-            "trunk": trunk_state_dict(self.method.export_backbone()),
+            **payload,
             "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -164,32 +267,17 @@ class Trainer:
         return True
 
     # ----------------------------------------------------------------- one step
-    def images(self, batch: dict[str, Any]) -> Tensor:
-        """The batch's tiles as ``(B, 3, S, S)`` uint8 on the device."""
-        if "jpeg" in batch:
-            return decode_jpeg_batch(batch["jpeg"], self.device)
-        x: Tensor = batch["image"]
-        return x.to(self.device, non_blocking=True)
-
-    @torch.no_grad()
-    def make_views(self, images: Tensor) -> list[Tensor]:
-        out = self.views(images, self.generator)
-        views = [(v.float() - self.mean) / self.std for v in out["views"]]
-        if self.s.channels_last:
-            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-        return views
-
-    def train_step(self, batch: dict[str, Any]) -> tuple[bool, dict[str, Tensor]]:
+    def train_step(self, batch: Any) -> tuple[bool, dict[str, Tensor]]:
         """One optimisation step; returns (applied, detached logs). A step whose loss or
         gradient norm is not finite is skipped: no parameter update, method buffers restored."""
-        views = self.make_views(self.images(batch))
+        inputs = self.batch_step.prepare(batch)
         snapshot = [b.detach().clone() for b in self.method.buffers()]
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.s.bf16):
-            out = self.model(views)
+            out = self.batch_step.forward(self.model, inputs)
         loss = out["loss"]
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # every rank runs backward (DDP all-reduces inside it)
-        self.method.on_after_backward(self.step)
+        self._hook("on_after_backward", self.step)
         grads = [p for p in self.params if p.grad is not None]
         max_norm = self.s.clip_grad if self.s.clip_grad is not None else math.inf
         grad_norm = (
@@ -208,7 +296,7 @@ class Trainer:
                     b.copy_(saved)
         else:
             self.optimizer.step()
-            self.method.on_step_end(self.step, self.s.max_steps)
+            self._hook("on_step_end", self.step, self.s.max_steps)
         with warnings.catch_warnings():  # a skipped first step: no optimizer.step() yet
             warnings.filterwarnings("ignore", "Detected call of `lr_scheduler")
             self.scheduler.step()  # the schedule follows the step count, skipped steps included
