@@ -22,6 +22,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -100,22 +101,10 @@ def knn_accuracy(
     return acc, float(np.mean(per_class))
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(REPO / "runs" / "demo"))
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--crop", type=int, default=64)
-    ap.add_argument("--k", type=int, default=20)
-    ap.add_argument("--data", default=str(DATA))
-    ap.add_argument("--progress", action="store_true")
-    args = ap.parse_args(argv)
-    from pathssl.models.backbones import build_backbone
-    from pathssl.train import build_trainer, load_config
-    from pathssl.train.embed import load_trunk
+def tile_demo_slide(data: Path, tiles: Path) -> None:
+    """Tile CMU-1 (0.5 mpp, 224 px, 50 % overlap) into ``tiles`` unless a store is there."""
     from tiling import tile_slides
 
-    out, data = Path(args.out), Path(args.data)
-    tiles = out / "tiles"
     if not any(tiles.glob("*.zarr")):
         tile_slides(
             [data / "slides" / "CMU-1-Small-Region.svs"],
@@ -126,43 +115,82 @@ def main(argv: list[str] | None = None) -> int:
             progress=False,
             report=False,
         )
-    cfg = load_config(
-        REPO / "configs" / "pretrain" / "simclr_resnet18_cpu_demo.yaml",
-        [
-            f"data.stores=[{tiles}]",
-            f"train.out_dir={out / 'simclr_resnet18'}",
-            f"train.max_steps={args.steps}",
-            f"train.progress={str(args.progress).lower()}",
-        ],
-    )
-    t0 = time.perf_counter()
+
+
+def pretrain_simclr(
+    tiles: Path, out_dir: Path, steps: int, device: str | None = None, progress: bool = False
+) -> tuple[Any, dict[str, Any]]:
+    """SimCLR ResNet-18 with the CPU demo config on ``tiles`` (resumes a checkpoint in
+    ``out_dir``): returns the trainer and its last logs."""
+    from pathssl.train import build_trainer, load_config
+
+    overrides = [
+        f"data.stores=[{tiles}]",
+        f"train.out_dir={out_dir}",
+        f"train.max_steps={steps}",
+        f"train.progress={str(progress).lower()}",
+    ]
+    if device is not None:
+        overrides.append(f"train.device={device}")
+    cfg = load_config(REPO / "configs" / "pretrain" / "simclr_resnet18_cpu_demo.yaml", overrides)
     trainer = build_trainer(cfg)
     if trainer.resume():
         print(f"resumed at step {trainer.step}")
-    last = trainer.fit()
-    train_s = time.perf_counter() - t0
-    print(
-        f"pretrained {cfg.train.max_steps} steps in {train_s:.0f} s, last loss {last.get('loss')}"
-    )
+    return trainer, trainer.fit()
 
-    pretrained, meta = load_trunk(trainer.checkpoint_path)
-    torch.manual_seed(cfg.train.seed)
+
+def knn_probe(
+    checkpoint: Path, data: Path, k: int = 20, crop: int = 64, seed: int = 0
+) -> dict[str, Any]:
+    """kNN accuracy of the pretrained trunk vs the same architecture at random init (``seed``)
+    on nucleus crops of hgsc_nest, left half train, right half test."""
+    from pathssl.models.backbones import build_backbone
+    from pathssl.train.embed import load_trunk
+
+    pretrained, meta = load_trunk(checkpoint)
+    torch.manual_seed(seed)
     random_init = build_backbone("resnet18")
-    crops, labels, centres = nucleus_crops(data, args.crop)
+    crops, labels, centres = nucleus_crops(data, crop)
     left = centres[:, 0] < 750
-    print(
-        f"{len(crops)} nuclei; train (left) {np.bincount(labels[left], minlength=3).tolist()}, "
-        f"test (right) {np.bincount(labels[~left], minlength=3).tolist()} {list(CLASSES)}"
-    )
-    result = {"steps": cfg.train.max_steps, "train_seconds": round(train_s, 1), "k": args.k}
+    result: dict[str, Any] = {
+        "k": k,
+        "classes": list(CLASSES),
+        "n_train": int(left.sum()),
+        "n_test": int((~left).sum()),
+    }
     for name, model in (("random_init", random_init), ("simclr_pretrained", pretrained)):
         f = features(model, crops, meta["mean"], meta["std"])
-        acc, bacc = knn_accuracy(f[left], labels[left], f[~left], labels[~left], args.k)
+        acc, bacc = knn_accuracy(f[left], labels[left], f[~left], labels[~left], k)
         result[name] = {"accuracy": round(acc, 4), "balanced_accuracy": round(bacc, 4)}
-        print(f"{name:>18}: kNN accuracy {acc:.3f}, balanced accuracy {bacc:.3f}")
     majority = float((labels[~left] == np.bincount(labels[left]).argmax()).mean())
     result["majority_class_accuracy"] = round(majority, 4)
-    print(f"{'majority class':>18}: accuracy {majority:.3f}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(REPO / "runs" / "demo"))
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--crop", type=int, default=64)
+    ap.add_argument("--k", type=int, default=20)
+    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--progress", action="store_true")
+    args = ap.parse_args(argv)
+    out, data = Path(args.out), Path(args.data)
+    tiles = out / "tiles"
+    tile_demo_slide(data, tiles)
+    t0 = time.perf_counter()
+    trainer, last = pretrain_simclr(tiles, out / "simclr_resnet18", args.steps, None, args.progress)
+    train_s = time.perf_counter() - t0
+    print(f"pretrained {args.steps} steps in {train_s:.0f} s, last loss {last.get('loss')}")
+    probe = knn_probe(trainer.checkpoint_path, data, args.k, args.crop)
+    result = {"steps": args.steps, "train_seconds": round(train_s, 1), **probe}
+    for name in ("random_init", "simclr_pretrained"):
+        r = result[name]
+        print(
+            f"{name:>18}: kNN accuracy {r['accuracy']:.3f}, balanced {r['balanced_accuracy']:.3f}"
+        )
+    print(f"{'majority class':>18}: accuracy {result['majority_class_accuracy']:.3f}")
     (out / "demo_knn.json").write_text(json.dumps(result, indent=2) + "\n")
     return 0
 

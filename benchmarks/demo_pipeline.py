@@ -108,69 +108,30 @@ def device_name() -> str:
 # ----------------------------------------------------------------------------- stages
 
 
-def stage_pretrain(out: Path, data: Path, steps: int, device: str) -> dict[str, Any]:
-    """Tile the CMU slide and pretrain SimCLR ResNet-18 with the demo config (as demo_knn)."""
-    from pathssl.train import build_trainer, load_config
-    from tiling import tile_slides
-
-    folder = out / "pretrain"
-    tiles = folder / "tiles"
-    if not any(tiles.glob("*.zarr")):  # same tiling as demo_knn.py: 50 % overlap
-        tile_slides(
-            [data / "slides" / SLIDE],
-            tiles,
-            mpp=0.5,
-            size=224,
-            overlap=112,
-            progress=False,
-            report=False,
-        )
-    cfg = load_config(
-        REPO / "configs" / "pretrain" / "simclr_resnet18_cpu_demo.yaml",
-        [
-            f"data.stores=[{tiles}]",
-            f"train.out_dir={folder / 'simclr_resnet18'}",
-            f"train.max_steps={steps}",
-            f"train.device={device}",
-            "train.progress=false",
-        ],
-    )
-    trainer = build_trainer(cfg)
-    trainer.resume()
-    last = trainer.fit()
-    return {"steps": steps, "last_loss": last.get("loss"), "checkpoint": "simclr_resnet18/last.pt"}
-
-
-def stage_knn(out: Path, data: Path, k: int = 20, crop: int = 64) -> dict[str, Any]:
-    """kNN probe of random-init vs pretrained trunks with demo_knn.py's functions."""
-    import torch
-
+def _demo_knn() -> Any:
     if str(HERE) not in sys.path:
         sys.path.insert(0, str(HERE))
     import demo_knn
 
-    from pathssl.models.backbones import build_backbone
-    from pathssl.train.embed import load_trunk
+    return demo_knn
 
-    pretrained, meta = load_trunk(out / "pretrain" / "simclr_resnet18" / "last.pt")
-    pretrained = pretrained.cpu()
-    torch.manual_seed(0)  # the demo config's train.seed, as in demo_knn.py
-    random_init = build_backbone("resnet18")
-    crops, labels, centres = demo_knn.nucleus_crops(data, crop)
-    left = centres[:, 0] < 750
-    result: dict[str, Any] = {
-        "steps": (_read_json(out / "pretrain" / STAGE_FILE) or {}).get("steps"),
-        "k": k,
-        "classes": list(demo_knn.CLASSES),
-        "n_train": int(left.sum()),
-        "n_test": int((~left).sum()),
-    }
-    for name, model in (("random_init", random_init), ("simclr_pretrained", pretrained)):
-        f = demo_knn.features(model, crops, meta["mean"], meta["std"])
-        acc, bacc = demo_knn.knn_accuracy(f[left], labels[left], f[~left], labels[~left], k)
-        result[name] = {"accuracy": round(acc, 4), "balanced_accuracy": round(bacc, 4)}
-    majority = float((labels[~left] == np.bincount(labels[left]).argmax()).mean())
-    result["majority_class_accuracy"] = round(majority, 4)
+
+def stage_pretrain(out: Path, data: Path, steps: int, device: str) -> dict[str, Any]:
+    """Tile the CMU slide and pretrain SimCLR ResNet-18 with the demo config (demo_knn.py's)."""
+    demo_knn = _demo_knn()
+    folder = out / "pretrain"
+    demo_knn.tile_demo_slide(data, folder / "tiles")
+    _, last = demo_knn.pretrain_simclr(folder / "tiles", folder / "simclr_resnet18", steps, device)
+    return {"steps": steps, "last_loss": last.get("loss"), "checkpoint": "simclr_resnet18/last.pt"}
+
+
+def stage_knn(out: Path, data: Path, k: int = 20, crop: int = 64) -> dict[str, Any]:
+    """kNN probe of random-init vs pretrained trunks (demo_knn.py's probe)."""
+    probe = _demo_knn().knn_probe(
+        out / "pretrain" / "simclr_resnet18" / "last.pt", data, k, crop, seed=0
+    )
+    steps = (_read_json(out / "pretrain" / STAGE_FILE) or {}).get("steps")
+    result: dict[str, Any] = {"steps": steps, **probe}
     _write_json(out / "knn" / "knn.json", result)
     return result
 
