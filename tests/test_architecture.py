@@ -21,11 +21,11 @@ LAYERS: dict[str, int] = {
     "pathssl.ssl": 4,
     "pathssl.heads": 4,
     "pathssl.train": 5,
-    "pathssl.eval": 5,
+    "pathssl.eval": 6,  # fine-tuning runs through pathssl.train's loop
     "pathssl.export": 5,
-    "pathssl.nuclei": 6,
-    "pathssl.commands": 7,
-    "pathssl.cli": 7,
+    "pathssl.nuclei": 7,  # validation scores with pathssl.eval.metrics
+    "pathssl.commands": 8,
+    "pathssl.cli": 8,
 }
 
 

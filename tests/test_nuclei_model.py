@@ -139,6 +139,33 @@ def test_crops_share_one_draw(hgsc: LabelledImage) -> None:
     assert len(seen) >= 3
 
 
+def test_stain_jitter_changes_colours_only(hgsc: LabelledImage) -> None:
+    """HED jitter on the image only: the maps, the geometry (same dihedral draw) and the
+    haematoxylin-dominated nuclei stay put; the jittered image equals the plain crop after a
+    per-image OD-space affine map (checked by least squares on optical densities)."""
+    kw = {"crop": 96, "length": 12, "seed": 5}
+    plain = NucleiCropDataset([hgsc.region(0, 0, 300, 300)], **kw)  # type: ignore[arg-type]
+    jit = NucleiCropDataset([hgsc.region(0, 0, 300, 300)], stain_jitter=0.2, **kw)  # type: ignore[arg-type]
+    changed = 0
+    for i in range(12):
+        a, b = plain[i], jit[i]
+        for key in ("np", "hv", "tp"):
+            assert torch.equal(a[key], b[key]), key
+        x = a["image"].numpy().reshape(3, -1).T.astype(np.float64)
+        y = b["image"].numpy().reshape(3, -1).T.astype(np.float64)
+        if np.array_equal(x, y):
+            continue
+        changed += 1
+        od_x = -np.log(np.maximum(x, 1) / 255)
+        od_y = -np.log(np.maximum(y, 1) / 255)
+        ok = (x > 5).all(1) & (x < 250).all(1) & (y > 5).all(1) & (y < 250).all(1)
+        design = np.c_[od_x[ok], np.ones(ok.sum())]
+        coef, *_ = np.linalg.lstsq(design, od_y[ok], rcond=None)
+        resid = od_y[ok] - design @ coef
+        assert np.abs(resid).mean() < 0.01, i  # an affine map in OD space (uint8 rounding)
+    assert 6 <= changed <= 12  # p = 0.8
+
+
 def test_label_subsets_are_nested_and_cover(hgsc: LabelledImage) -> None:
     from pathssl.nuclei.train import subset_labels
 

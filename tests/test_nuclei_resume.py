@@ -81,3 +81,36 @@ def test_interrupted_run_resumes_exactly(
     steps = [r["step"] for r in read_metrics(tmp_path / "cut" / "metrics.jsonl")]
     assert steps == [1, 2, 3, 4]
     assert resumed.last["loss"] == pytest.approx(full.last["loss"], rel=0, abs=0)
+
+
+def test_validation_keeps_the_best_scoring_weights(data_dir: Path, tmp_path: Path) -> None:
+    """With train.val_every the loop scores the held-apart region; nuclei.pt holds the weights of
+    the best validation PQ, and that PQ is what scoring those weights again gives."""
+    from pathssl.nuclei.train import load_data, load_nuclei_model, validation_scores
+
+    cfg = tiny_config(data_dir, tmp_path / "val")
+    cfg.data.val_region = [1000, 0, 256, 256]
+    cfg.train.steps, cfg.train.val_every, cfg.train.resume = 6, 2, False
+    cfg.train.lr = 3e-3
+    res = train_nuclei(cfg, progress=False)
+    rows = [r for r in read_metrics(tmp_path / "val" / "metrics.jsonl") if r["kind"] == "val"]
+    assert [r["step"] for r in rows] == [2, 4, 6]
+    assert all(set(r) >= {"pq", "mpq_plus", "f1_detection", "nuclei"} for r in rows)
+    pqs = [float(r["pq"]) for r in rows]  # nan is written as "nan"
+    finite = [(v, r["step"]) for v, r in zip(pqs, rows, strict=True) if v == v]
+    best_pq, best_step = max(finite, key=lambda t: (t[0], -t[1]))  # earliest of equal scores
+    model, meta = load_nuclei_model(res.checkpoint)
+    assert meta["best_step"] == best_step
+    best = torch.load(tmp_path / "val" / "best.pt", weights_only=True)["method"]
+    last = torch.load(tmp_path / "val" / "last.pt", weights_only=True)["method"]
+    saved = model.state_dict()
+    for k, v in saved.items():
+        assert torch.equal(v, best[f"model.{k}"]), k
+    if best_step != 6:  # the returned weights are not the last ones
+        assert any(not torch.equal(v, last[f"model.{k}"]) for k, v in saved.items())
+    _, val = load_data(cfg.data)
+    again = validation_scores(model, val, cfg, torch.device("cpu"))
+    assert again["pq"] == pytest.approx(best_pq, abs=1e-9)
+    with pytest.raises(ValueError, match="val_region"):
+        cfg.data.val_region = None
+        train_nuclei(cfg, progress=False)

@@ -19,13 +19,18 @@ into the output folder. Config::
       linear: {l2: 1.0e-4, max_iter: 500}
       knn: {k: 20}
       fewshot: {shots: [1, 4, 16], episodes: 100}
-      finetune: {epochs: 10, lr: 1.0e-4, weight_decay: 1.0e-4, batch_size: 32}
+      finetune: {epochs: 10, lr: 1.0e-4, weight_decay: 1.0e-4, batch_size: 32,
+                 warmup_epochs: 1, val_fraction: 0.1, patience: 3, hed_jitter: 0.05,
+                 label_smoothing: 0.0, precision: auto}
     batch_size: 64
     device: auto
     output: runs/eval/NAME
 
 Library functions: ``pathssl.eval.protocols.evaluate_features`` (frozen features in, metrics
-out), ``pathssl.eval.encoder`` (``load_encoder``, ``extract_features``, ``fine_tune``).
+out), ``pathssl.eval.encoder`` (``load_encoder``, ``extract_features``),
+``pathssl.eval.finetune`` (``fine_tune``: the trunk + a linear layer through the one training loop,
+dihedral + HED-jitter augmentation, a validation split scored each epoch, best weights kept,
+early stopping; its run lands in ``OUT/finetune/``).
 """
 
 from __future__ import annotations
@@ -40,6 +45,18 @@ if TYPE_CHECKING:
 
 KNOWN_TOP = {"data", "encoder", "protocols", "batch_size", "device", "output"}
 KNOWN_PROTOCOLS = {"linear", "knn", "fewshot", "finetune"}
+FINETUNE_KEYS = {
+    "epochs",
+    "lr",
+    "weight_decay",
+    "batch_size",
+    "warmup_epochs",
+    "val_fraction",
+    "patience",
+    "hed_jitter",
+    "label_smoothing",
+    "precision",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,21 +111,33 @@ def _splits(cfg: dict[str, Any]) -> tuple[LabelledTiles, LabelledTiles]:
     return train.subset(tr), train.subset(te)
 
 
-def evaluate(cfg: dict[str, Any], out_dir: Path, device: str) -> dict[str, Any]:
-    """Run the evaluation a parsed config describes; returns the metrics dict it wrote."""
-    import torch
-
-    from pathssl.eval.data import TileImages
-    from pathssl.eval.encoder import extract_features, fine_tune, load_encoder, predict
-    from pathssl.eval.protocols import evaluate_features, score
-    from pathssl.eval.report import write_confusion_png, write_json
-
+def check_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Reject unknown keys (top level, protocols, fine-tune settings); returns the protocols."""
     unknown = set(cfg) - KNOWN_TOP
     if unknown:
         raise ValueError(f"unknown config keys {sorted(unknown)} (known: {sorted(KNOWN_TOP)})")
     protocols: dict[str, Any] = cfg.get("protocols") or {"linear": {}, "knn": {}}
     if set(protocols) - KNOWN_PROTOCOLS:
         raise ValueError(f"unknown protocols {sorted(set(protocols) - KNOWN_PROTOCOLS)}")
+    unknown_ft = set(protocols.get("finetune") or {}) - FINETUNE_KEYS
+    if unknown_ft:
+        raise ValueError(
+            f"unknown protocols.finetune keys {sorted(unknown_ft)} (known: {sorted(FINETUNE_KEYS)})"
+        )
+    return protocols
+
+
+def evaluate(cfg: dict[str, Any], out_dir: Path, device: str) -> dict[str, Any]:
+    """Run the evaluation a parsed config describes; returns the metrics dict it wrote."""
+    import torch
+
+    from pathssl.eval.data import TileImages
+    from pathssl.eval.encoder import extract_features, load_encoder
+    from pathssl.eval.finetune import fine_tune, predict, summary
+    from pathssl.eval.protocols import evaluate_features, score
+    from pathssl.eval.report import write_confusion_png, write_json
+
+    protocols = check_config(cfg)
     data_cfg: dict[str, Any] = cfg.get("data") or {}
     enc_cfg: dict[str, Any] = cfg.get("encoder") or {}
     size = int(data_cfg.get("image_size", 224))
@@ -149,19 +178,28 @@ def evaluate(cfg: dict[str, Any], out_dir: Path, device: str) -> dict[str, Any]:
     )
     ft = protocols.get("finetune")
     if ft is not None:
-        model = fine_tune(
+        patience = ft.get("patience", 3)
+        result = fine_tune(
             encoder,
             train_ds,
+            train.labels,
             len(classes),
+            out_dir / "finetune",
             epochs=int(ft.get("epochs", 10)),
             lr=float(ft.get("lr", 1e-4)),
             weight_decay=float(ft.get("weight_decay", 1e-4)),
             batch_size=int(ft.get("batch_size", 32)),
+            warmup_epochs=float(ft.get("warmup_epochs", 1.0)),
+            val_fraction=float(ft.get("val_fraction", 0.1)),
+            patience=None if patience is None else int(patience),
+            hed_jitter=float(ft.get("hed_jitter", 0.05)),
+            label_smoothing=float(ft.get("label_smoothing", 0.0)),
+            precision=str(ft.get("precision", "auto")),
             device=device,
             seed=int(enc_cfg.get("seed", 0)),
         )
-        output, labels = predict(model, test_ds, batch, device)
-        results["finetune"] = score(output, labels, len(classes))
+        output, labels = predict(result.classifier, test_ds, batch, device)
+        results["finetune"] = {**score(output, labels, len(classes)), **summary(result)}
 
     pngs = {}
     for name, res in results.items():

@@ -148,6 +148,11 @@ def _train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     res = train_nuclei(cfg, progress=not args.no_progress)
     print(f"checkpoint -> {res.checkpoint} ({res.seconds:.0f} s)")
+    if cfg.train.val_every > 0:
+        print(
+            f"weights of step {res.meta.get('best_step')} (best validation "
+            f"{cfg.train.monitor}); the scores below are on the images that selected them"
+        )
     _, val = load_data(cfg.data)
     if val:
         pred = validation_predictor(res.model, cfg)

@@ -1,4 +1,5 @@
-"""Encoders for evaluation: build or load one, extract frozen features, fine-tune end to end.
+"""Encoders for evaluation: build or load one, extract frozen features (fine-tuning:
+:mod:`pathssl.eval.finetune`).
 
 A pretraining checkpoint (``pathssl pretrain``) is a ``torch.save`` dict with ``"trunk"`` (a
 torchvision-named backbone state dict) and ``"meta"`` (``backbone`` name, optional
@@ -13,12 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from pathssl.eval.probes import ProbeOutput
 from pathssl.models.backbones import Backbone, build_backbone
 from pathssl.models.pretrained import load_pretrained
 
@@ -93,65 +92,6 @@ def extract_features(
     if not feats:
         raise ValueError("empty dataset")
     return torch.cat(feats), torch.cat(labels)
-
-
-def fine_tune(
-    encoder: Encoder,
-    train: Dataset[tuple[Tensor, int]],
-    num_classes: int,
-    epochs: int = 10,
-    lr: float = 1e-4,
-    weight_decay: float = 1e-4,
-    batch_size: int = 32,
-    device: str | torch.device = "cpu",
-    seed: int = 0,
-) -> nn.Module:
-    """Full fine-tuning: the encoder plus a linear layer trained end to end with AdamW on
-    cross-entropy (all weights updated). Returns the classifier ``(B, 3, H, W) uint8 -> logits``
-    (normalisation included)."""
-    torch.manual_seed(seed)
-    classifier = _Classifier(encoder, num_classes).to(device)
-    opt = torch.optim.AdamW(classifier.parameters(), lr=lr, weight_decay=weight_decay)
-    classifier.train()
-    for _ in range(epochs):
-        for images, y in _loader(train, batch_size, shuffle=True):
-            loss = nn.functional.cross_entropy(classifier(images.to(device)), y.long().to(device))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return classifier.eval()
-
-
-class _Classifier(nn.Module):
-    def __init__(self, encoder: Encoder, num_classes: int) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.trunk = encoder.model
-        self.head = nn.Linear(feature_dim(encoder), num_classes)
-
-    def forward(self, images: Tensor) -> Tensor:
-        out: Tensor = self.head(self.trunk(self.encoder.normalise(images)))
-        return out
-
-
-@torch.no_grad()
-def predict(
-    classifier: nn.Module,
-    dataset: Dataset[tuple[Tensor, int]],
-    batch_size: int = 64,
-    device: str | torch.device = "cpu",
-) -> tuple[ProbeOutput, np.ndarray]:
-    """Predictions of a fine-tuned classifier and the dataset's ``(N,)`` labels."""
-    classifier.eval()
-    probas, labels = [], []
-    for images, y in _loader(dataset, batch_size, shuffle=False):
-        probas.append(torch.softmax(classifier(images.to(device)).double(), dim=1).cpu())
-        labels.append(torch.as_tensor(y).long())
-    p = torch.cat(probas)
-    return (
-        ProbeOutput(p.argmax(dim=1).numpy().astype(np.int64), p.numpy()),
-        torch.cat(labels).numpy(),
-    )
 
 
 def feature_dim(encoder: Encoder) -> int:

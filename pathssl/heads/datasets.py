@@ -136,7 +136,9 @@ class NucleiCropDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
 
     Item: ``{"image": (3, S, S) uint8, "np": (S, S) int64, "hv": (2, S, S) float32,
     "tp": (S, S) int64}``. ``augment``: one random dihedral element per crop, shared by the image
-    and its maps. Item ``i`` of epoch ``e`` is a pure function of ``(seed, e, i)``.
+    and its maps; ``stain_jitter`` > 0 adds HED jitter (Tellez et al. 2019; alpha = beta =
+    ``stain_jitter``, p 0.8) to the image only, for heads meant to run on other labs' slides.
+    Item ``i`` of epoch ``e`` is a pure function of ``(seed, e, i)``.
     """
 
     def __init__(
@@ -146,6 +148,7 @@ class NucleiCropDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
         length: int = 1000,
         augment: bool = True,
         seed: int = 0,
+        stain_jitter: float = 0.0,
     ) -> None:
         if not images:
             raise ValueError("no labelled images")
@@ -156,6 +159,7 @@ class NucleiCropDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
         self.crop = crop
         self.length = length
         self.augment = augment
+        self.stain_jitter = float(stain_jitter)
         self.seed = seed
         self.epoch = 0
         areas = np.array([im.image.shape[0] * im.image.shape[1] for im in images], np.float64)
@@ -175,10 +179,14 @@ class NucleiCropDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
         sub = im.region(x, y, self.crop, self.crop)
         image, inst, types = sub.image, sub.inst, sub.types
         if self.augment:
-            from pathssl.augment import Dihedral
+            import albumentations as A
 
-            t = Dihedral(p=1.0)
-            t.set_random_seed(int(rng.integers(2**31)))
+            from pathssl.augment import Dihedral, HEDJitter
+
+            ops: list[A.BasicTransform] = [Dihedral(p=1.0)]
+            if self.stain_jitter > 0:
+                ops.append(HEDJitter(self.stain_jitter, self.stain_jitter, p=0.8))
+            t = A.Compose(ops, seed=int(rng.integers(2**31)))
             res = t(image=np.ascontiguousarray(image), masks=[inst, types])
             image, (inst, types) = res["image"], res["masks"]
         tg = make_targets(np.ascontiguousarray(inst), np.ascontiguousarray(types))

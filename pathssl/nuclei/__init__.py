@@ -3,6 +3,6 @@ whole-slide inference with window stitching (:mod:`.predict`), QuPath GeoJSON an
 (:mod:`.geojson`), label-efficiency runs (:mod:`.label_efficiency`) and a training-free
 threshold baseline (:mod:`.baseline`). Import the submodules you need (they import torch).
 
-Metrics are not imported here: :mod:`pathssl.eval` sits in the same layer, so scoring functions
-are passed in (``pathssl nuclei`` wires ``pathssl.eval.metrics`` in).
+Validation during training scores with :mod:`pathssl.eval.metrics` (a layer below);
+label-efficiency runs take their scoring function as an argument.
 """

@@ -6,6 +6,8 @@ maps) -> :class:`NucleiTrainModule` (``NucleiModel`` + MONAI ``HoVerNetLoss``, r
 ``{"loss", **logs}``) -> AdamW with linear warm-up and cosine decay. The loop supplies bf16
 autocast on CUDA, gradient clipping, the NaN guard, ``metrics.jsonl``, progress and resumable
 checkpoints (``last.pt``); the result is a checkpoint ``{"model", "meta"}`` (``nuclei.pt``).
+With ``train.val_every`` the loop also scores the held-apart images (binary PQ, CoNIC mPQ+,
+detection F1) and ``nuclei.pt`` holds the weights of the best score (:func:`validation_scores`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pathssl.eval.detection import detection_counts, detection_scores
+from pathssl.eval.metrics import conic_pq, panoptic_quality
 from pathssl.heads.datasets import (
     LabelledImage,
     NucleiCropDataset,
@@ -33,7 +37,7 @@ from pathssl.heads.hovernet import NucleiModel, build_nuclei_model
 from pathssl.heads.loss import HoVerNetCriterion
 from pathssl.models.pretrained import read_pretrained
 from pathssl.nuclei.config import DataConfig, ModelConfig, NucleiConfig, as_dict
-from pathssl.train.loop import LoopSettings, SupervisedStep, Trainer
+from pathssl.train.loop import LoopSettings, SupervisedStep, Trainer, Validation
 
 CHECKPOINT = "nuclei.pt"
 
@@ -129,6 +133,7 @@ class TrainResult:
     checkpoint: Path
     last: dict[str, float]
     seconds: float
+    meta: dict[str, Any]
 
 
 class NucleiTrainModule(nn.Module):
@@ -172,6 +177,42 @@ def _save(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+MONITORS = ("pq", "mpq_plus", "f1_detection")
+
+
+def validation_scores(
+    model: NucleiModel, images: list[LabelledImage], cfg: NucleiConfig, device: torch.device
+) -> dict[str, float]:
+    """Predict each held-apart image (windows as ``cfg.predict``, post-processing as
+    ``cfg.postprocess``) and score all of them together: ``pq`` (binary PQ from counts summed
+    over images), ``mpq_plus`` (CoNIC aggregated), ``f1_detection`` (12 px), ``nuclei``."""
+    from pathssl.nuclei.predict import NucleiPredictor
+
+    predictor = NucleiPredictor(
+        model,
+        window=cfg.predict.window,
+        overlap=cfg.predict.overlap,
+        batch_size=cfg.predict.batch_size,
+        device=device,
+        postprocess_cfg=cfg.postprocess,
+        progress=False,
+    )
+    classes = list(range(1, len(cfg.data.type_names) + 1))
+    results, counts, n = [], [], 0
+    for im in images:
+        pred = predictor.predict_image(im.image)
+        n += len(pred)
+        results.append(panoptic_quality(im.inst, pred.inst, im.types, pred.types, classes))
+        counts.append(detection_counts(im.inst, pred.inst, im.types, pred.types))
+    agg = conic_pq(results, classes)
+    return {
+        "pq": agg.binary.pq,
+        "mpq_plus": agg.mpq_plus,
+        "f1_detection": detection_scores(counts, classes).f1,
+        "nuclei": float(n),
+    }
+
+
 def _bf16(precision: str, device: torch.device) -> bool:
     if precision not in ("auto", "bf16", "fp32"):
         raise ValueError(f"train.precision must be auto, bf16 or fp32, got {precision!r}")
@@ -198,7 +239,13 @@ def train_nuclei(
     model = build_model(cfg.model, num_types).to(device)
     criterion = HoVerNetCriterion(tc.lambda_hv_mse, use_types=num_types > 1)
     module = NucleiTrainModule(model, criterion)
-    ds = NucleiCropDataset(train_images, tc.crop, tc.steps * tc.batch_size, seed=tc.seed)
+    ds = NucleiCropDataset(
+        train_images,
+        tc.crop,
+        tc.steps * tc.batch_size,
+        seed=tc.seed,
+        stain_jitter=tc.stain_jitter,
+    )
     sampler = OffsetSampler(len(ds))
     loader = torch.utils.data.DataLoader(
         ds,
@@ -237,13 +284,39 @@ def train_nuclei(
         progress=progress,
     )
     step = SupervisedStep(device)
-    trainer = Trainer(module, opt, sched, loader, sampler, step, device, settings, meta)
+    validation = _validation(cfg, model, device)
+    trainer = Trainer(
+        module, opt, sched, loader, sampler, step, device, settings, meta, validation=validation
+    )
     if not (tc.resume and trainer.resume()):
         (out_dir / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run: a fresh log
     last = trainer.fit()
+    if validation is not None:
+        meta["best_step"] = trainer.restore_best()
+        meta["best_score"] = {tc.monitor: trainer.best}
     ckpt = out_dir / CHECKPOINT
     _save(ckpt, {"model": model.state_dict(), "meta": meta})
-    return TrainResult(model.eval(), ckpt, last, time.perf_counter() - t_start)
+    return TrainResult(model.eval(), ckpt, last, time.perf_counter() - t_start, meta)
+
+
+def _validation(cfg: NucleiConfig, model: NucleiModel, device: torch.device) -> Validation | None:
+    tc = cfg.train
+    if tc.val_every <= 0:
+        return None
+    if tc.monitor not in MONITORS:
+        raise ValueError(f"train.monitor must be one of {', '.join(MONITORS)}, got {tc.monitor!r}")
+    _, val_images = load_data(cfg.data)
+    if not val_images:
+        raise ValueError(
+            "train.val_every needs held-apart images: set data.val_region (npz/mat) or "
+            "data.val_fraction > 0 (pannuke)"
+        )
+    return Validation(
+        lambda: validation_scores(model, val_images, cfg, device),
+        every=tc.val_every,
+        monitor=tc.monitor,
+        patience=tc.patience,
+    )
 
 
 def load_nuclei_model(path: str | Path, device: str = "cpu") -> tuple[NucleiModel, dict[str, Any]]:

@@ -10,7 +10,8 @@ DataLoader workers, or JPEG bytes decoded on the GPU) -> batched views on the de
 Shared by both, per step: bf16 autocast (CUDA) -> backward -> method hooks (when the module has
 them) -> gradient clipping -> NaN/inf guard -> optimiser and scheduler step -> EMA/queue updates;
 metrics JSONL, progress, and checkpoints every ``ckpt_every`` steps (atomic) that allow an exact
-resume.
+resume. An optional :class:`Validation` scores the model every ``every`` steps, keeps the best
+weights in ``best.pt`` and stops early after ``patience`` scores without improvement.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import io
 import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -57,6 +58,45 @@ class LoopSettings:
     clip_grad: float | None = None
     max_bad_steps: int = 10
     progress: bool = True
+
+
+@dataclass
+class Validation:
+    """Periodic validation inside the loop.
+
+    ``run()`` is called with the module in eval mode and gradients off, every ``every`` steps and
+    after the last one; it returns metrics (logged as ``val`` rows of ``metrics.jsonl``).
+    ``monitor`` names the metric to select on (``mode`` ``"max"`` or ``"min"``); the module's
+    weights at its best value so far are written to ``out_dir/best.pt``. ``patience``: stop after
+    this many validations in a row without an improvement of more than ``min_delta`` (None:
+    never stop early). A NaN score never counts as an improvement."""
+
+    run: Callable[[], dict[str, float]]
+    every: int
+    monitor: str
+    mode: str = "max"
+    patience: int | None = None
+    min_delta: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise ValueError(f"validation every must be >= 1 step, got {self.every}")
+        if self.mode not in ("max", "min"):
+            raise ValueError(f"validation mode must be max or min, got {self.mode!r}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
+
+    def improves(self, value: float, best: float | None) -> bool:
+        if math.isnan(value):
+            return False
+        if best is None:
+            return True
+        return (
+            value > best + self.min_delta if self.mode == "max" else value < best - self.min_delta
+        )
+
+
+BEST_NAME = "best.pt"
 
 
 class ResumableOrder(Protocol):
@@ -148,7 +188,7 @@ class Trainer:
     ``on_step_end(step, max_steps)`` and ``export_backbone()`` (a ``trunk`` in checkpoints) are
     called when present; ``model``: what to call for the forward pass (``method`` itself, or its
     DDP wrapper); ``generator``: the augmentation generator checkpointed with the RNG states;
-    ``meta``: stored in every checkpoint.
+    ``meta``: stored in every checkpoint; ``validation``: optional :class:`Validation`.
     """
 
     def __init__(
@@ -165,6 +205,7 @@ class Trainer:
         generator: torch.Generator | None = None,
         dist_info: DistInfo | None = None,
         model: nn.Module | None = None,
+        validation: Validation | None = None,
     ) -> None:
         self.method = method
         self.model = model if model is not None else method
@@ -184,6 +225,11 @@ class Trainer:
         self.bad_streak = 0
         self.metrics = MetricsLogger(settings.out_dir, enabled=self.dist.is_main)
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.validation = validation
+        self.best: float | None = None  # best monitored validation value so far
+        self.best_step = 0
+        self.stale = 0  # validations in a row without improvement
+        self.stopped_early = False
 
     @property
     def views(self) -> nn.Module:
@@ -229,6 +275,12 @@ class Trainer:
             "rng": rngs,
             "step": self.step,
             "meta": self.meta,
+            "validation": {
+                "best": self.best,
+                "best_step": self.best_step,
+                "stale": self.stale,
+                "stopped_early": self.stopped_early,
+            },
         }
 
     def save(self) -> Path | None:
@@ -262,6 +314,11 @@ class Trainer:
             rngs[self.dist.rank] if len(rngs) == self.dist.world_size else rngs[0], self.generator
         )
         self.step = int(ckpt["step"])
+        val = ckpt.get("validation") or {}
+        self.best = val.get("best")
+        self.best_step = int(val.get("best_step", 0))
+        self.stale = int(val.get("stale", 0))
+        self.stopped_early = bool(val.get("stopped_early", False))
         if self.dist.is_main:
             truncate_metrics(self.metrics.path, self.step + 1)
         return True
@@ -320,7 +377,7 @@ class Trainer:
         n_ok, t0, last = 0, time.perf_counter(), {}
         start_step = self.step
         try:
-            while self.step < self.s.max_steps:
+            while self.step < self.s.max_steps and not self.stopped_early:
                 batch = next(it)
                 lr = self.optimizer.param_groups[0]["lr"]
                 ok, logs = self.train_step(batch)
@@ -344,7 +401,19 @@ class Trainer:
                         img_s=f"{last['images_per_s']:.1f}",
                     )
                     sums, n_ok, t0, start_step = {}, 0, time.perf_counter(), self.step
-                if self.step % self.s.ckpt_every == 0 or self.step == self.s.max_steps:
+                val = self.validation
+                if val is not None and (
+                    self.step % val.every == 0 or self.step == self.s.max_steps
+                ):
+                    t_val = time.perf_counter()
+                    self.stopped_early = self.validate()
+                    t0 += time.perf_counter() - t_val  # images/s excludes validation
+                    bar.set_postfix(loss=f"{last.get('loss', math.nan):.4f}", best=self.best)
+                if (
+                    self.step % self.s.ckpt_every == 0
+                    or self.step == self.s.max_steps
+                    or self.stopped_early
+                ):
                     t_save = time.perf_counter()
                     self.save()
                     t0 += time.perf_counter() - t_save  # images/s excludes checkpointing
@@ -352,6 +421,50 @@ class Trainer:
             bar.close()
             self.metrics.close()
         return last
+
+    # ----------------------------------------------------------------- validation
+    @property
+    def best_path(self) -> Path:
+        return Path(self.s.out_dir) / BEST_NAME
+
+    def validate(self) -> bool:
+        """Score the model once; keep the best weights; True when patience has run out."""
+        v = self.validation
+        assert v is not None
+        self.method.eval()
+        with torch.no_grad():
+            scores = {k: float(x) for k, x in v.run().items()}
+        self.method.train()
+        if v.monitor not in scores:
+            raise KeyError(f"validation returned {sorted(scores)}, not the monitored {v.monitor!r}")
+        value = scores[v.monitor]
+        improved = v.improves(value, self.best)
+        if improved:
+            self.best, self.best_step, self.stale = value, self.step, 0
+            if self.dist.is_main:
+                save_checkpoint(
+                    self.best_path,
+                    {
+                        "method": self.method.state_dict(),
+                        "step": self.step,
+                        "scores": scores,
+                        "meta": self.meta,
+                    },
+                )
+        else:
+            self.stale += 1
+        self.metrics.log(self.step, "val", {**scores, "best": self.best, "improved": improved})
+        stop = v.patience is not None and self.stale >= v.patience
+        return any_true(stop, self.device) if self.dist.world_size > 1 else stop
+
+    def restore_best(self) -> int:
+        """Load the best validated weights (``best.pt``) into the module; returns their step
+        (0 and no change when no validation has run)."""
+        if not self.best_path.is_file():
+            return 0
+        ckpt = load_checkpoint(self.best_path)
+        self.method.load_state_dict(ckpt["method"])
+        return int(ckpt["step"])
 
     def on_bad_step(self, logs: dict[str, Tensor]) -> None:
         self.bad_streak += 1

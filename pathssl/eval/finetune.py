@@ -1,0 +1,276 @@
+"""End-to-end fine-tuning of an encoder + linear classifier, through the one training loop.
+
+The protocol of the "full fine-tune" rows in SSL pathology benchmarks (Kang et al. 2023; kaiko
+eva): trunk and a new linear layer trained together with AdamW, linear warm-up then cosine
+decay, random dihedral transforms (+ optional HED jitter, Tellez et al. 2019) as augmentation,
+a held-apart validation split scored every epoch, the weights of the best validation balanced
+accuracy kept and training stopped after ``patience`` epochs without improvement.
+
+It runs in :class:`pathssl.train.loop.Trainer` (bf16 autocast on CUDA, gradient clipping, NaN
+guard, ``metrics.jsonl``, resumable ``last.pt``, ``best.pt``) with a :class:`ClassifierModule`
+that owns forward and loss and an :class:`AugmentedStep` that augments batches on the device.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from pathssl.data.sampler import ResumableSampler
+from pathssl.eval.classification import classification_metrics
+from pathssl.eval.encoder import Encoder, feature_dim
+from pathssl.eval.probes import ProbeOutput
+from pathssl.train.loop import LoopSettings, SupervisedStep, Trainer, Validation
+
+
+class ClassifierModule(nn.Module):
+    """Encoder trunk + linear layer, normalisation inside.
+
+    ``logits(images)``: ``(B, 3, H, W)`` uint8 -> ``(B, C)``; ``forward(images, {"label": (B,)})``
+    -> ``{"loss": cross-entropy, "accuracy"}`` (what the training loop calls)."""
+
+    def __init__(self, encoder: Encoder, num_classes: int, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.trunk = encoder.model
+        self.head = nn.Linear(feature_dim(encoder), num_classes)
+        self.label_smoothing = label_smoothing
+        self.mean: Tensor
+        self.std: Tensor
+        self.register_buffer("mean", torch.tensor(encoder.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(encoder.std).view(1, 3, 1, 1))
+
+    def logits(self, images: Tensor) -> Tensor:
+        x = (images.float() / 255.0 - self.mean) / self.std
+        out: Tensor = self.head(self.trunk(x))
+        return out
+
+    def forward(self, images: Tensor, targets: dict[str, Tensor]) -> dict[str, Tensor]:
+        logits = self.logits(images).float()
+        y = targets["label"]
+        loss = nn.functional.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        acc = (logits.argmax(1) == y).float().mean()
+        return {"loss": loss, "accuracy": acc.detach()}
+
+
+class AugmentedStep(SupervisedStep):
+    """:class:`SupervisedStep` that applies ``augment`` (a batched op ``(x, generator) -> x`` of
+    :mod:`pathssl.augment.torch_ops`) to the uint8 images on the device, seeded by
+    ``generator`` (checkpointed by the loop)."""
+
+    def __init__(
+        self, device: torch.device, augment: nn.Module | None, generator: torch.Generator
+    ) -> None:
+        super().__init__(device)
+        self.augment = augment
+        self.generator = generator
+
+    def prepare(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        images, targets = super().prepare(batch)
+        if self.augment is not None:
+            images = self.augment(images, self.generator)
+        return images, targets
+
+
+class _Labelled(Dataset[dict[str, Tensor]]):
+    """``((3, H, W) uint8, label)`` items as the loop's ``{"image", "label"}`` dicts."""
+
+    def __init__(self, base: Dataset[tuple[Tensor, int]], index: NDArray[np.int64]) -> None:
+        self.base, self.index = base, index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        image, label = self.base[int(self.index[i])]
+        return {"image": image, "label": torch.tensor(label, dtype=torch.long)}
+
+
+def build_augment(hed_jitter: float = 0.05) -> nn.Module:
+    """Random dihedral transform, then HED jitter (alpha = beta = ``hed_jitter``, p 0.5; 0: off)."""
+    from pathssl.augment.torch_ops import BatchDihedral, BatchHEDJitter
+
+    ops: list[nn.Module] = [BatchDihedral()]
+    if hed_jitter > 0:
+        ops.append(BatchHEDJitter(hed_jitter, hed_jitter, p=0.5))
+
+    class _Chain(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ops = nn.ModuleList(ops)
+
+        def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+            for op in self.ops:
+                x = op(x, generator)
+            return x
+
+    return _Chain()
+
+
+def validation_split(
+    labels: NDArray[np.int64], fraction: float, seed: int = 0
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """(train, validation) indices: ``fraction`` of each class held apart (seeded; at least one
+    tile per class with two or more, none for a class of one). ``fraction`` 0: no validation."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_val = 0 if fraction == 0 or idx.size < 2 else max(1, round(fraction * idx.size))
+        val.extend(idx[:n_val].tolist())
+        train.extend(idx[n_val:].tolist())
+    return np.sort(np.array(train, np.int64)), np.sort(np.array(val, np.int64))
+
+
+@dataclass
+class FineTuneResult:
+    """The fine-tuned classifier (best validated weights when validation ran), the step they
+    come from, the number of steps run and the validation history ``[(step, scores)]``."""
+
+    classifier: ClassifierModule
+    best_step: int
+    steps_run: int
+    history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+
+
+@torch.no_grad()
+def predict(
+    classifier: ClassifierModule,
+    dataset: Dataset[tuple[Tensor, int]],
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+) -> tuple[ProbeOutput, NDArray[np.int64]]:
+    """Class probabilities of a fine-tuned classifier and the dataset's ``(N,)`` labels."""
+    classifier.eval()
+    probas, labels = [], []
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    for images, y in loader:
+        probas.append(torch.softmax(classifier.logits(images.to(device)).double(), 1).cpu())
+        labels.append(torch.as_tensor(y).long())
+    p = torch.cat(probas)
+    out = ProbeOutput(p.argmax(dim=1).numpy().astype(np.int64), p.numpy())
+    return out, torch.cat(labels).numpy().astype(np.int64)
+
+
+def fine_tune(
+    encoder: Encoder,
+    train: Dataset[tuple[Tensor, int]],
+    labels: NDArray[np.int64],
+    num_classes: int,
+    out_dir: str | Path,
+    *,
+    epochs: int = 10,
+    lr: float = 1e-4,
+    weight_decay: float = 1e-4,
+    batch_size: int = 32,
+    warmup_epochs: float = 1.0,
+    val_fraction: float = 0.1,
+    patience: int | None = 3,
+    hed_jitter: float = 0.05,
+    label_smoothing: float = 0.0,
+    precision: str = "auto",
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    progress: bool = True,
+    resume: bool = False,
+) -> FineTuneResult:
+    """Fine-tune ``encoder`` (all weights) + a linear layer on ``train``.
+
+    ``train`` yields ``((3, H, W) uint8, label)``; ``labels`` ``(N,)`` are its labels (for the
+    stratified validation split). Trains ``epochs`` passes over the training part, scoring the
+    validation part (balanced accuracy) after each; the returned classifier carries the best
+    validated weights (the last ones when ``val_fraction`` is 0). ``out_dir`` receives
+    ``metrics.jsonl``, ``last.pt`` (every epoch; ``resume=True`` continues from it) and
+    ``best.pt``. ``precision``: auto (bf16 on CUDA) | bf16 |
+    fp32.
+    """
+    dev = torch.device(device)
+    torch.manual_seed(seed)
+    labels = np.asarray(labels, np.int64)
+    if len(labels) != len(train):  # type: ignore[arg-type]
+        raise ValueError(f"{len(labels)} labels for {len(train)} tiles")  # type: ignore[arg-type]
+    tr_idx, val_idx = validation_split(labels, val_fraction, seed)
+    if tr_idx.size == 0:
+        raise ValueError("no training tiles left after the validation split")
+    module = ClassifierModule(encoder, num_classes, label_smoothing).to(dev)
+    train_ds = _Labelled(train, tr_idx)
+    batch_size = min(batch_size, len(train_ds))
+    steps_per_epoch = max(1, len(train_ds) // batch_size)
+    steps = epochs * steps_per_epoch
+    sampler = ResumableSampler(np.zeros(len(train_ds), np.int64), seed=seed)
+    loader = DataLoader(train_ds, batch_size=batch_size, sampler=sampler, drop_last=True)
+    opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
+    warm = max(1, int(warmup_epochs * steps_per_epoch))
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min((step - warm) / max(steps - warm, 1), 1.0)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    history: list[tuple[int, dict[str, float]]] = []
+    validation = None
+    if val_idx.size:
+        val_ds = torch.utils.data.Subset(train, val_idx.tolist())
+
+        def run_validation() -> dict[str, float]:
+            out, y = predict(module, val_ds, batch_size, dev)
+            m = classification_metrics(y, out.pred, out.proba, num_classes)
+            keys = ("balanced_accuracy", "accuracy", "macro_f1")
+            scores = {k: float(m[k]) for k in keys}  # type: ignore[arg-type]
+            history.append((trainer.step, scores))
+            return scores
+
+        validation = Validation(
+            run_validation, steps_per_epoch, "balanced_accuracy", "max", patience
+        )
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
+    settings = LoopSettings(
+        max_steps=steps,
+        out_dir=Path(out_dir),
+        ckpt_every=steps_per_epoch,
+        log_every=max(1, min(10, steps_per_epoch)),
+        bf16=precision == "bf16" or (precision == "auto" and dev.type == "cuda"),
+        clip_grad=5.0,
+        progress=progress,
+    )
+    generator = torch.Generator().manual_seed(seed)
+    step = AugmentedStep(dev, build_augment(hed_jitter), generator)
+    meta = {"kind": "finetune", "backbone": encoder.name, "num_classes": num_classes}
+    trainer = Trainer(
+        module,
+        opt,
+        sched,
+        loader,
+        sampler,
+        step,
+        dev,
+        settings,
+        meta,
+        generator,
+        validation=validation,
+    )
+    if not (resume and trainer.resume()):
+        (Path(out_dir) / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run: a fresh log
+    trainer.fit()
+    best = trainer.restore_best() if validation is not None else trainer.step
+    return FineTuneResult(module.eval(), best, trainer.step, history)
+
+
+def summary(result: FineTuneResult) -> dict[str, Any]:
+    """JSON-ready: best step, steps run, validation history."""
+    return {
+        "best_step": result.best_step,
+        "steps_run": result.steps_run,
+        "validation": [{"step": s, **v} for s, v in result.history],
+    }
