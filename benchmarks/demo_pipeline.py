@@ -374,7 +374,7 @@ NUCLEI_KEYS = (
     ("pq", "PQ"),
     ("sq", "SQ"),
     ("dq", "DQ"),
-    ("mpq", "mPQ+"),
+    ("mpq_plus", "mPQ+"),
     ("aji", "AJI"),
     ("aji_plus", "AJI+"),
     ("dice", "Dice"),

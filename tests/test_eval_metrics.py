@@ -159,6 +159,10 @@ def test_conic_aggregated_pq_hand_case() -> None:
     assert s.per_class[2].pq == pytest.approx(0.72)
     assert s.mpq_plus == pytest.approx(0.64)
     assert s.pq == pytest.approx((2 / 3 * 0.8 + 0.4 + 0.9) / 3)
+    # CoNIC's 1e-6 guards: a class absent everywhere scores 0 in the mean, an empty image 0
+    s3 = M.conic_pq([*PANNUKE_RESULTS, M.PanopticResult(M.PQCounts(), {})], classes=[1, 2, 3])
+    assert s3.mpq_plus == pytest.approx((0.56 + 0.72 + 0) / 3)
+    assert s3.pq == pytest.approx((2 / 3 * 0.8 + 0.4 + 0.9 + 0) / 4)
 
 
 def test_centroid_matching_hand_case() -> None:

@@ -136,7 +136,7 @@ def test_evaluate_ground_truth_against_itself(
         == 0
     )
     m = json.loads((tmp_path / "m.json").read_text())
-    for k in ("pq", "sq", "dq", "mpq", "aji", "aji_plus", "dice", "f1_detection"):
+    for k in ("pq", "sq", "dq", "mpq_plus", "aji", "aji_plus", "dice", "f1_detection"):
         assert m[k] == pytest.approx(1.0), k
     # the raw hgsc pair (``nuc_raster`` keys, types in a second file)
     full = np.load(d / "hgsc_nest_inst_mask.npz")["nuc_raster"]
@@ -210,3 +210,39 @@ def test_help_mentions_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
     text = capsys.readouterr().out
     assert "train" in text and "predict" in text and "evaluate" in text
     assert main(["nuclei"]) == 2
+
+
+def test_evaluate_a_pannuke_fold(tmp_path: Path, data_dir: Path) -> None:
+    """``--true FOLD`` reads PanNuke masks.npy/types.npy; predictions as one (N, H, W) stack.
+    Images 0, 1 (tissue A) predicted perfectly, image 2 (tissue B) with no nucleus: by hand,
+    tissue A mPQ = bPQ = 1, tissue B 0, so PanNuke mPQ = bPQ = (1 + 0) / 2 = 0.5."""
+    d = data_dir / "nuclei"
+    inst = np.load(d / "hgsc_nest_inst_mask.npz")["nuc_raster"]
+    types = np.load(d / "hgsc_nest_type_mask.npz")["nuc_raster"]
+    fold = tmp_path / "fold3"
+    fold.mkdir()
+    masks = np.zeros((3, 256, 256, 6), np.float32)
+    crops = [(inst[:256, x : x + 256], types[:256, x : x + 256]) for x in (0, 256, 512)]
+    for n, (ci, ct) in enumerate(crops):
+        for i in np.unique(ci[ci > 0]):
+            t = int(np.bincount(ct[ci == i]).argmax())
+            masks[n, ..., t - 1][ci == i] = i
+        masks[n, ..., 5] = ci == 0
+    np.save(fold / "masks.npy", masks)
+    np.save(fold / "types.npy", np.array(["A", "A", "B"]))
+    from pathssl.heads.datasets import pannuke_maps
+
+    maps = [pannuke_maps(m) for m in masks]
+    pred_inst = np.stack([maps[0][0], maps[1][0], np.zeros((256, 256), np.int32)])
+    pred_types = np.stack([maps[0][1], maps[1][1], np.zeros((256, 256), np.int32)])
+    np.savez(tmp_path / "pred.npz", inst=pred_inst, types=pred_types)
+    out = tmp_path / "m.json"
+    args = ["nuclei", "evaluate", "--pred", str(tmp_path / "pred.npz"), "--true", str(fold)]
+    assert main([*args, "--radius", "6", "--out", str(out)]) == 0
+    m = json.loads(out.read_text())
+    assert m["images"] == 3 and m["detection_radius_px"] == 6
+    assert m["pannuke"]["per_tissue"]["A"] == {"mpq": 1.0, "bpq": 1.0}
+    assert m["pannuke"]["per_tissue"]["B"] == {"mpq": 0.0, "bpq": 0.0}
+    assert m["pannuke"]["mpq"] == pytest.approx(0.5) and m["pannuke"]["bpq"] == pytest.approx(0.5)
+    assert m["pq_image_mean"] == pytest.approx(2 / 3)
+    assert main([*args, "--tissues", "A", "B"]) == 2  # 2 names for 3 images

@@ -53,7 +53,8 @@ def test_finetune_modes_and_pretrained_trunk() -> None:
     assert all(p.requires_grad for p in model.parameters())
     vit = build_nuclei_model("vit_tiny", 1, finetune="partial", trainable_stages=1)
     layers = vit.encoder.backbone.encoder.layers
-    assert not any(p.requires_grad for p in layers[0].parameters())
+    assert not any(p.requires_grad for p in layers[-2].parameters())
+    assert all(p.requires_grad for p in layers[-1].parameters())  # the last block trains
     assert not vit.encoder.backbone.class_token.requires_grad
     assert not vit.encoder.backbone.encoder.pos_embedding.requires_grad
     assert all(p.requires_grad for p in vit.encoder.up4.parameters())  # the adapter trains
@@ -182,7 +183,13 @@ def test_label_subsets_are_nested_and_cover(hgsc: LabelledImage) -> None:
         off = s.image.__array_interface__["data"][0] - base
         y, x = divmod(off // 3, hgsc.image.shape[1])
         covered[y : y + 256, x : x + 256] = True
+        assert s.origin == (x + 0, y + 0)  # regions know where they were cut from
     assert covered.all()
+    from pathssl.nuclei.label_efficiency import labelled_pixels
+
+    # 4 x 6 tiles of 256 px, last column / row moved back: distinct pixels = the whole region
+    assert len(subsets[1.0]) == 24 and labelled_pixels(subsets[1.0]) == 1000 * 1500
+    assert labelled_pixels(subsets[0.1]) < 3 * 256 * 256 + 1
 
 
 def test_config_rejects_unknown_keys() -> None:

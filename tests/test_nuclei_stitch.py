@@ -19,6 +19,7 @@ from pathssl.heads.postprocess import Instances, describe
 from pathssl.heads.targets import make_targets
 from pathssl.nuclei.baseline import ThresholdNucleiModel
 from pathssl.nuclei.predict import NucleiPredictor, plan_windows, window_origins
+from pathssl.nuclei.stitch import BorderDedup
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
@@ -163,3 +164,48 @@ def test_no_duplicates_at_window_borders(threshold_runs: tuple[Instances, Instan
     # and every nucleus is one connected piece (not two halves glued under one id)
     for i, sl in enumerate(ndi.find_objects(win.inst), start=1):
         assert sl is not None and ndi.label(win.inst[sl] == i)[1] == 1
+
+
+class DisagreeingPredictor(TruthPredictor):
+    """The true nuclei, shifted by 2 px right in odd window columns and 2 px down in odd window
+    rows: neighbouring windows disagree on every nucleus near their common cut."""
+
+    def predict_batch(self, images: NDArray[np.uint8]) -> list[Instances]:
+        out = []
+        stride = self.window - self.overlap
+        for im, res in zip(images, super().predict_batch(images), strict=True):
+            x = int(im[0, 0, 0]) + 256 * (int(im[0, 0, 2]) // 16)
+            y = int(im[0, 0, 1]) + 256 * (int(im[0, 0, 2]) % 16)
+            dx, dy = 2 * ((x // stride) % 2), 2 * ((y // stride) % 2)
+            shifted = np.zeros_like(res.inst)
+            shifted[dy:, dx:] = res.inst[: self.window - dy, : self.window - dx]
+            out.append(describe(shifted, None))
+        return out
+
+
+@pytest.mark.parametrize("dedup", [True, False])
+def test_windows_that_disagree_give_each_nucleus_once(
+    data_dir: Path, dedup: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    truth = np.load(data_dir / "nuclei" / "hgsc_nest_inst_mask.npz")["nuc_raster"][:600, :600]
+    truth = describe(truth, None)
+    image = encode_coords(600, 600)
+    if not dedup:  # what the slack alone would do: the check below must then fail
+        monkeypatch.setattr(BorderDedup, "filter", lambda self, x, y, core, res, keep: keep)
+    pred = DisagreeingPredictor(truth.inst, window=256, overlap=96)
+
+    def read(x: int, y: int, size: int) -> NDArray[np.uint8]:
+        tile = np.zeros((size, size, 3), np.uint8)
+        part = image[y : y + size, x : x + size]
+        tile[: part.shape[0], : part.shape[1]] = part
+        return tile
+
+    found = np.array([n.centroid for n in pred.nuclei(read, 600, 600, 1.0, (0.0, 0.0))])
+    # each true nucleus (not at the image border, small enough never to be cut) exactly once
+    d = np.hypot(*(found[None, :, :] - truth.centroid[:, None, :]).transpose(2, 0, 1))
+    copies = (d < 3.0).sum(1)  # the shift moves a centroid by at most 2.83 px
+    inner = (reach(truth.inst) < 40) & np.all((truth.centroid > 4) & (truth.centroid < 596), 1)
+    if dedup:
+        assert (copies[inner] == 1).all(), np.bincount(copies[inner])
+    else:
+        assert (copies[inner] > 1).any()  # duplicates appear without the dedup step

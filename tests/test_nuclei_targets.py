@@ -127,6 +127,13 @@ def test_postprocess_recovers_ground_truth(
     # our vectorised type vote agrees with MONAI's HoVerNetNuclearTypePostProcessing
     monai = postprocess(np_logits, t["hv"], tp_logits, PostProcessConfig(kernel), True)
     np.testing.assert_array_equal(monai.type, res.type)
+    # a nucleus whose every pixel votes background is unclassified (type 0) in both
+    bg = tp_logits.copy()
+    bg[:, res.inst == 3] = np.array([10, 0, 0, 0], np.float32)[:, None]
+    ours = postprocess(np_logits, t["hv"], bg, PostProcessConfig(kernel))
+    theirs = postprocess(np_logits, t["hv"], bg, PostProcessConfig(kernel), True)
+    assert ours.type[2] == 0 and (ours.types[ours.inst == 3] == 0).all()
+    np.testing.assert_array_equal(theirs.type, ours.type)
 
 
 def test_postprocess_empty() -> None:

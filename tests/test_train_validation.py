@@ -120,3 +120,15 @@ def test_validation_arguments_are_checked() -> None:
         Validation(dict, every=1, monitor="x", patience=0)
     v = Validation(dict, every=1, monitor="x", mode="min", min_delta=0.1)
     assert v.improves(1.0, None) and v.improves(0.5, 1.0) and not v.improves(0.95, 1.0)
+
+
+def test_a_fresh_run_never_restores_an_older_runs_best(tmp_path: Path) -> None:
+    first = make_trainer(tmp_path, [0.9] * 10, patience=None)
+    first.fit()
+    assert (tmp_path / "best.pt").is_file()
+    second = make_trainer(tmp_path, [float("nan")] * 10, patience=None)
+    second.start_fresh()
+    assert not (tmp_path / "best.pt").exists() and not (tmp_path / "metrics.jsonl").exists()
+    second.fit()
+    before = second.method.lin.weight.detach().clone()
+    assert second.restore_best() == 0 and torch.equal(second.method.lin.weight, before)

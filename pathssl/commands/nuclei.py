@@ -10,9 +10,11 @@
     detections, level-0 coordinates) and ``STEM_overlay.png``, streamed window by window.
     Library: ``pathssl.nuclei.predict.NucleiPredictor`` / ``predict_slide``.
 ``pathssl nuclei evaluate --pred A.npz [B.npz ...] --true A_true.npz [...] [--out m.json]``
-    JSON metrics: PQ/SQ/DQ, per-class PQ and CoNIC mPQ+, AJI, AJI+, Dice, DICE2, detection F1.
-    ``.npz`` files hold ``inst`` and ``types`` (or ``nuc_raster``; ``--true-types`` then gives
-    the type maps); CoNSeP/Lizard ``.mat`` labels are read too.
+    JSON metrics: PQ/SQ/DQ, per-class PQ and CoNIC mPQ+, AJI, AJI+, Dice, DICE2, detection F1
+    (``--radius``, 12 px). ``.npz`` files hold ``inst`` and ``types`` (or ``nuc_raster``;
+    ``--true-types`` then gives the type maps), or ``(N, H, W)`` stacks; CoNSeP/Lizard ``.mat``
+    labels are read too. ``--true FOLD_DIR`` (a PanNuke fold: masks.npy, types.npy) adds PanNuke
+    mPQ / bPQ per tissue (``--tissues`` names the tissues of other inputs).
 ``pathssl nuclei label-efficiency CONFIG``
     train with each of ``fractions`` (default 10/30/100%) of the labels, evaluate on the
     held-apart data, write ``label_efficiency.json`` and ``.png``.
@@ -52,6 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--pred", nargs="+", required=True)
     p.add_argument("--true", nargs="+", required=True)
     p.add_argument("--true-types", nargs="+", default=None)
+    p.add_argument("--tissues", nargs="+", default=None, help="tissue of each image: PanNuke mPQ")
+    p.add_argument(
+        "--radius", type=float, default=12.0, help="detection radius, px (12: 40x; 6: 20x)"
+    )
     p.add_argument("--out", default=None, help="metrics JSON (default: stdout)")
     p = sub.add_parser("label-efficiency", help="train on 10/30/100%% of the labels, plot")
     p.add_argument("config")
@@ -77,44 +83,65 @@ def load_maps(path: str | Path, types_path: str | Path | None = None) -> tuple[A
     return inst, types
 
 
-def nuclei_scores(trues: Sequence[tuple[Any, Any]], preds: Sequence[tuple[Any, Any]]) -> dict:
-    """Metrics over images: ``pq``/``sq``/``dq`` from TP/FP/FN/IoU summed over images, ``mpq``
-    CoNIC mPQ+ (per-class PQ of summed counts, class mean), AJI/AJI+/Dice/DICE2 image means,
-    detection F1 (radius 12 px) from summed pairings; see :mod:`pathssl.eval.metrics`."""
+def nuclei_scores(
+    trues: Sequence[tuple[Any, Any]],
+    preds: Sequence[tuple[Any, Any]],
+    tissues: Sequence[str] | None = None,
+    radius: float = 12.0,
+) -> dict:
+    """Metrics over images (see :mod:`pathssl.eval.metrics` for each convention):
+
+    ``pq``/``sq``/``dq`` from TP/FP/FN/IoU summed over images; ``pq_image_mean`` the mean of
+    per-image PQ (HoVer-Net ``compute_stats``); ``mpq_plus`` CoNIC aggregated mPQ+ and
+    ``per_class_pq``; AJI/AJI+/Dice/DICE2 image means; detection F1 within ``radius`` px (12 px:
+    HoVer-Net's, at 40x ~3 um; use 6 px at 20x) from summed pairings, per-class F1 in
+    ``detection``; with one ``tissues`` name per image, ``pannuke``: PanNuke mPQ / bPQ (per image,
+    nan-mean per tissue, mean over tissues) and per tissue."""
     import numpy as np
 
     from pathssl.eval import detection as D
     from pathssl.eval import metrics as M
 
+    if len(trues) != len(preds) or not trues:
+        raise ValueError(f"{len(preds)} predictions for {len(trues)} labelled images")
     results, dets, ajis, ajips, dices, dice2s = [], [], [], [], [], []
     classes = sorted({int(c) for _, tt in trues for c in np.unique(tt)} - {0})
     for (ti, tt), (pi, pt) in zip(trues, preds, strict=True):
+        if np.shape(ti) != np.shape(pi):
+            raise ValueError(f"prediction {np.shape(pi)} and labels {np.shape(ti)} differ in size")
         results.append(M.panoptic_quality(ti, pi, tt, pt, classes=classes))
-        dets.append(D.detection_counts(ti, pi, tt, pt))
+        dets.append(D.detection_counts(ti, pi, tt, pt, radius=radius))
         ajis.append(M.aji(ti, pi))
         ajips.append(M.aji_plus(ti, pi))
         dices.append(M.dice(ti, pi))
         dice2s.append(M.dice2(ti, pi))
-    binary = results[0].binary
-    for r in results[1:]:
-        binary = binary + r.binary
     agg = M.conic_pq(results, classes)
     det = D.detection_scores(dets, classes)
     out: dict[str, Any] = {
         "images": len(results),
-        "pq": binary.pq,
-        "sq": binary.sq,
-        "dq": binary.dq,
-        "mpq": agg.mpq_plus,
+        "pq": agg.binary.pq,
+        "sq": agg.binary.sq,
+        "dq": agg.binary.dq,
+        "pq_image_mean": agg.pq,
+        "mpq_plus": agg.mpq_plus,
         "per_class_pq": {str(c): v.pq for c, v in agg.per_class.items()},
-        "aji": float(np.mean(ajis)),
-        "aji_plus": float(np.mean(ajips)),
-        "dice": float(np.mean(dices)),
-        "dice2": float(np.mean(dice2s)),
+        "aji": float(np.nanmean(ajis)),
+        "aji_plus": float(np.nanmean(ajips)),
+        "dice": float(np.nanmean(dices)),
+        "dice2": float(np.nanmean(dice2s)),
         "f1_detection": det.f1,
+        "detection_radius_px": radius,
         "detection": det.as_dict(),
-        "counts": binary.as_dict(),
+        "counts": agg.binary.as_dict(),
     }
+    if tissues is not None:
+        pn = M.pannuke_pq(results, list(tissues), classes)
+        out["pannuke"] = {
+            "mpq": pn.mpq,
+            "bpq": pn.bpq,
+            "per_tissue": {t: {"mpq": m, "bpq": b} for t, (m, b) in pn.per_tissue.items()},
+            "per_class_pq": {str(c): v for c, v in pn.per_class.items()},
+        }
     return out
 
 
@@ -159,7 +186,7 @@ def _train(args: argparse.Namespace) -> int:
         scores = _score_instances(val, predict_images(pred, val))
         path = Path(cfg.train.out_dir) / "val_metrics.json"
         path.write_text(json.dumps(scores, indent=2))
-        print(json.dumps({k: scores[k] for k in ("pq", "mpq", "aji", "f1_detection")}))
+        print(json.dumps({k: scores[k] for k in ("pq", "mpq_plus", "aji", "f1_detection")}))
     return 0
 
 
@@ -193,7 +220,10 @@ def _predict(args: argparse.Namespace) -> int:
         image = read_rgb(src)
         f = 1.0 if args.mpp is None else args.mpp / mpp  # model px per image px
         h, w = image.shape[:2]
-        small = image if f == 1 else cv2.resize(image, (round(w * f), round(h * f)))
+        interp = cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR  # area-average when shrinking
+        small = (
+            image if f == 1 else cv2.resize(image, (round(w * f), round(h * f)), None, 0, 0, interp)
+        )
         res = predictor.predict_image(np.asarray(small, np.uint8))
         inst, types = res.inst, res.types
         if f != 1:
@@ -221,13 +251,54 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_pannuke_truth(folder: str | Path) -> tuple[list[tuple[Any, Any]], list[str]]:
+    """(instance, type) maps and tissue names of a PanNuke fold folder (``masks.npy``,
+    ``types.npy``), read one mask at a time from the memory-mapped array."""
+    import numpy as np
+
+    from pathssl.heads.datasets import pannuke_maps
+
+    folder = Path(folder)
+    masks = np.load(folder / "masks.npy", mmap_mode="r")
+    tissues_path = folder / "types.npy"
+    tissues = [str(t) for t in np.load(tissues_path)] if tissues_path.exists() else []
+    return [pannuke_maps(np.asarray(m)) for m in masks], tissues
+
+
+def load_predictions(paths: Sequence[str]) -> list[tuple[Any, Any]]:
+    """``.npz`` files with ``inst`` + ``types``: one per image, or one holding ``(N, H, W)``
+    stacks (``inst``, ``types``) for N images."""
+    import numpy as np
+
+    out: list[tuple[Any, Any]] = []
+    for path in paths:
+        d = np.load(path)
+        inst = d["inst"] if "inst" in d else d["nuc_raster"]
+        types = d["types"] if "types" in d else (inst > 0).astype(np.int32)
+        if inst.ndim == 3:
+            out.extend(zip(list(inst), list(types), strict=True))
+        else:
+            out.append((inst, types))
+    return out
+
+
 def _evaluate(args: argparse.Namespace) -> int:
-    if len(args.pred) != len(args.true):
-        raise ValueError(f"{len(args.pred)} --pred files but {len(args.true)} --true files")
-    ttypes = args.true_types or [None] * len(args.true)
-    trues = [load_maps(t, tt) for t, tt in zip(args.true, ttypes, strict=True)]
-    preds = [load_maps(p) for p in args.pred]
-    text = json.dumps(nuclei_scores(trues, preds), indent=2, default=float)
+    tissues = None
+    if len(args.true) == 1 and Path(args.true[0]).is_dir():
+        trues, names = load_pannuke_truth(args.true[0])
+        tissues = names or None
+    else:
+        if args.true_types is not None and len(args.true_types) != len(args.true):
+            raise ValueError(f"{len(args.true_types)} --true-types for {len(args.true)} --true")
+        ttypes = args.true_types or [None] * len(args.true)
+        trues = [load_maps(t, tt) for t, tt in zip(args.true, ttypes, strict=True)]
+    preds = load_predictions(args.pred)
+    if args.tissues is not None:
+        tissues = list(args.tissues)
+    if tissues is not None and len(tissues) != len(trues):
+        raise ValueError(f"{len(tissues)} tissue names for {len(trues)} images")
+    scores = nuclei_scores(trues, preds, tissues, radius=args.radius)
+    text = json.dumps(scores, indent=2, default=float)
     if args.out:
         Path(args.out).write_text(text)
     else:
@@ -242,6 +313,6 @@ def _label_efficiency(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     report = run_label_efficiency(cfg, _score_instances, progress=not args.no_progress)
     for r in report["runs"]:
-        print(f"{r['fraction']:>5.0%}: PQ {r['pq']:.3f}  mPQ {r.get('mpq')}")
+        print(f"{r['fraction']:>5.0%}: PQ {r['pq']:.3f}  mPQ+ {r.get('mpq_plus')}")
     print(f"-> {Path(cfg.train.out_dir) / 'label_efficiency.json'}")
     return 0

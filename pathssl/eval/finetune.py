@@ -261,7 +261,7 @@ def fine_tune(
         validation=validation,
     )
     if not (resume and trainer.resume()):
-        (Path(out_dir) / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run: a fresh log
+        trainer.start_fresh()
     trainer.fit()
     best = trainer.restore_best() if validation is not None else trainer.step
     return FineTuneResult(module.eval(), best, trainer.step, history)

@@ -17,8 +17,9 @@ Conventions (each metric names the one it follows):
   classes per image (mPQ) or the binary PQ (bPQ), nan-mean over the images of each tissue, mean
   over tissues.
 * **CoNIC aggregated PQ (mPQ+)** -- Graham et al. 2021/2024 (CoNIC ``compute_stats.py``): TP, FP,
-  FN and IoU sums accumulated over all images per class, PQ per class from the totals, mean over
-  classes (``nan`` classes, i.e. absent from every image, are skipped).
+  FN and IoU sums accumulated over all images per class, PQ per class from the totals (0 for a
+  class absent from every image, as CoNIC's ``1e-6`` guards give), mean over all classes; CoNIC's
+  binary PQ is the mean over images of the per-image PQ (0 for an image without any nucleus).
 * **AJI** -- Kumar et al. 2017 as implemented in HoVer-Net ``get_fast_aji``: each true nucleus is
   paired with the overlapping prediction of highest IoU (a prediction may serve several);
   ``AJI = sum |G ∩ S| / (sum |G ∪ S| + unpaired true areas + never-used prediction areas)``.
@@ -283,22 +284,26 @@ class AggregatedPQ:
 
 def conic_pq(results: Sequence[PanopticResult], classes: Sequence[int]) -> AggregatedPQ:
     """CoNIC-style aggregated PQ (CoNIC ``compute_stats.py``): counts summed over images per
-    class, then PQ per class, then the mean over classes (classes absent everywhere skipped)."""
+    class, then PQ per class (0 where a class has no true or predicted nucleus anywhere), then the
+    mean over ``classes``; ``pq`` the mean of per-image binary PQ (empty images count 0)."""
     per_class = {int(c): PQCounts() for c in classes}
     binary = PQCounts()
     for r in results:
         binary = binary + r.binary
         for c in per_class:
             per_class[c] = per_class[c] + r.per_class.get(c, PQCounts())
+
+    def zero_if_empty(c: PQCounts) -> float:
+        return 0.0 if c.empty else c.pq
+
     return AggregatedPQ(
-        mpq_plus=_nanmean([v.pq for v in per_class.values()]),
+        mpq_plus=float(np.mean([zero_if_empty(v) for v in per_class.values()]))
+        if per_class
+        else float("nan"),
         per_class=per_class,
         binary=binary,
-        pq=_nanmean([r.binary.pq for r in results]),
+        pq=float(np.mean([zero_if_empty(r.binary) for r in results])) if results else float("nan"),
     )
-
-
-# ----------------------------------------------------------------------------- AJI, Dice
 
 
 def _aji_from(table: InstanceOverlap, pair_mask: NDArray[np.bool_]) -> float:

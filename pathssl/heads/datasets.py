@@ -40,6 +40,7 @@ class LabelledImage:
     types: NDArray[np.int32]
     name: str = ""
     tissue: str = ""
+    origin: tuple[int, int] = (0, 0)  # (x, y) of a region in the image it was cut from
 
     def __post_init__(self) -> None:
         h, w = self.image.shape[:2]
@@ -51,7 +52,10 @@ class LabelledImage:
     def region(self, x: int, y: int, w: int, h: int) -> LabelledImage:
         """The sub-image ``[y:y+h, x:x+w]`` (views, no copy)."""
         sl = np.s_[y : y + h, x : x + w]
-        return LabelledImage(self.image[sl], self.inst[sl], self.types[sl], self.name, self.tissue)
+        origin = (self.origin[0] + x, self.origin[1] + y)
+        return LabelledImage(
+            self.image[sl], self.inst[sl], self.types[sl], self.name, self.tissue, origin
+        )
 
 
 def read_rgb(path: str | Path) -> NDArray[np.uint8]:
@@ -97,6 +101,24 @@ def load_mat_labels(path: str | Path) -> tuple[NDArray[np.int32], NDArray[np.int
 def load_mat_image(image: str | Path, mat: str | Path) -> LabelledImage:
     inst, types = load_mat_labels(mat)
     return LabelledImage(read_rgb(image), inst, types, Path(image).stem)
+
+
+def load_mat_folder(folder: str | Path, limit: int | None = None) -> list[LabelledImage]:
+    """A CoNSeP-style folder: ``Images/<name>.png`` with ``Labels/<name>.mat`` (Lizard images
+    and labels arranged the same way work too), in name order."""
+    folder = Path(folder)
+    images = sorted(
+        p for p in (folder / "Images").glob("*") if p.suffix.lower() in (".png", ".jpg", ".tif")
+    )
+    if not images:
+        raise FileNotFoundError(f"no images in {folder / 'Images'}")
+    out = []
+    for path in images[:limit]:
+        labels = folder / "Labels" / f"{path.stem}.mat"
+        if not labels.is_file():
+            raise FileNotFoundError(f"{path.name} has no labels {labels}")
+        out.append(load_mat_image(path, labels))
+    return out
 
 
 def pannuke_maps(masks: NDArray[np.generic]) -> tuple[NDArray[np.int32], NDArray[np.int32]]:

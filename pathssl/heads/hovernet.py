@@ -105,8 +105,11 @@ class ViTEncoder(nn.Module):
         return [self.stem(x), self.up4(grid), self.up8(grid), self.same16(grid), self.down32(grid)]
 
     def trainable_groups(self) -> list[nn.Module]:
+        """Patch embedding, then one group per block (the final LayerNorm goes with the last
+        block, so ``trainable_stages=N`` trains exactly the last N blocks)."""
         vit = self.backbone
-        return [vit.conv_proj, *list(vit.encoder.layers), vit.encoder.ln]
+        *blocks, last = list(vit.encoder.layers)
+        return [vit.conv_proj, *blocks, nn.Sequential(last, vit.encoder.ln)]
 
 
 class BranchDecoder(nn.Module):

@@ -3,9 +3,10 @@
 NP probabilities and the Sobel gradients of the HV maps give an "energy" landscape; markers are
 the confident nucleus pixels away from HV edges, and a marker-controlled watershed splits
 touching nuclei (MONAI ``HoVerNetInstanceMapPostProcessing``). Each instance's type is the
-majority of its pixels' argmax types, background votes ignored (MONAI
-``HoVerNetNuclearTypePostProcessing``); its probability here is the mean softmax probability of
-that type over the instance's pixels (MONAI reports the fraction of voting pixels instead).
+majority of its pixels' argmax types, background votes ignored, and 0 when every pixel votes
+background (MONAI ``HoVerNetNuclearTypePostProcessing``, HoVer-Net); its probability here is the
+mean softmax probability of that type over the instance's pixels (MONAI reports the fraction of
+voting pixels instead).
 
 MONAI's Sobel kernel defaults to 5; HoVer-Net's reference code uses 21. ``sobel_kernel_size``
 picks it (tests check both recover ground-truth instances).
@@ -37,7 +38,8 @@ class PostProcessConfig:
 class Instances:
     """One image's nuclei. ``inst``: ``(H, W)`` int32 ids 1..N (0 background); ``types``:
     ``(H, W)`` int32; per nucleus (row ``i`` is id ``i + 1``): ``centroid`` ``(N, 2)`` float
-    (x, y), ``type`` ``(N,)``, ``prob`` ``(N,)`` mean type probability, ``area`` ``(N,)`` px."""
+    (x, y), ``type`` ``(N,)`` (0: unclassified), ``prob`` ``(N,)`` mean type probability,
+    ``area`` ``(N,)`` px."""
 
     inst: NDArray[np.int32]
     types: NDArray[np.int32]
@@ -77,9 +79,10 @@ def describe(inst: NDArray[np.integer], tp_prob: Tensor | None) -> Instances:
                 for c in range(1, p.shape[0])
             ]
         )  # (T, N) pixels voting for each nucleus type (background votes ignored)
-        typ = votes.argmax(0).astype(np.int64) + 1
-        mean_p = np.stack([ndi.mean(p[c], dense, idx) for c in range(1, p.shape[0])])
-        prob = mean_p[typ - 1, np.arange(n)]
+        # MONAI / HoVer-Net: a nucleus whose pixels all vote background gets type 0
+        typ = np.where(votes.sum(0) > 0, votes.argmax(0) + 1, 0).astype(np.int64)
+        mean_p = np.stack([ndi.mean(p[c], dense, idx) for c in range(p.shape[0])])
+        prob = mean_p[typ, np.arange(n)]
     lut = np.concatenate([[0], typ]).astype(np.int32)
     return Instances(dense, lut[dense], np.stack([cx, cy], 1), typ, prob, area)
 

@@ -19,10 +19,14 @@ from pathssl.heads.postprocess import PostProcessConfig
 @dataclass
 class DataConfig:
     """``format``: ``npz`` (image + instance/type .npz), ``pannuke`` (a fold folder) or ``mat``
-    (CoNSeP/Lizard: ``image`` + ``labels`` .mat). ``train_region``/``val_region``: ``[x, y, w,
-    h]`` pixel boxes of a single image (npz/mat), held apart; for PanNuke ``val_fraction`` of the
-    images is held apart. ``type_names``: one per type id 1..T; ``type_lut``: optional map of the
-    stored type ids to 0..T (CoNSeP's 7 types to HoVer-Net's 4: ``[0, 1, 2, 3, 3, 4, 4, 4]``)."""
+    (CoNSeP/Lizard: ``image`` + ``labels`` .mat, or a ``folder`` with ``Images/`` + ``Labels/``).
+
+    Held-apart images: ``val_folder`` (a second PanNuke fold or CoNSeP-style folder, e.g. the
+    official test split), else for one image ``train_region``/``val_region`` (``[x, y, w, h]``
+    pixel boxes, both required, must not overlap), else for PanNuke / a mat folder
+    ``val_fraction`` of the images (seeded, stratified by tissue). ``type_names``: one per type id
+    1..T; ``type_lut``: optional map of the stored type ids to 0..T (CoNSeP's 7 types to
+    HoVer-Net's 4: ``[0, 1, 2, 3, 3, 4, 4, 4]``)."""
 
     format: str = "npz"
     image: str = ""
@@ -30,10 +34,12 @@ class DataConfig:
     types: str = ""
     labels: str = ""
     folder: str = ""
+    val_folder: str = ""
     limit: int | None = None
     train_region: list[int] | None = None
     val_region: list[int] | None = None
     val_fraction: float = 0.1
+    seed: int = 0
     type_names: list[str] = field(default_factory=lambda: ["nucleus"])
     type_lut: list[int] | None = None
     mpp: float = 0.5
@@ -75,7 +81,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_steps: int = 20
     clip_grad: float | None = 5.0
-    lambda_hv_mse: float = 2.0
+    lambda_hv_mse: float = 2.0  # MONAI's weights (2, 1); the paper's are (1, 2)
+    lambda_hv_grad: float = 1.0
     seed: int = 0
     device: str = "auto"
     num_workers: int = 0

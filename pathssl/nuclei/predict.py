@@ -3,9 +3,11 @@ ownership.
 
 Windows of ``window`` px overlap by ``overlap`` px. Along each axis the plane is cut at the middle
 of every overlap; a window *owns* the nuclei whose centroid falls in its part, and drops nuclei
-that touch one of its edges inside the image (cut nuclei). Owned parts partition the image, so no
-nucleus is reported twice; a nucleus reaching less than ``overlap / 2`` px beyond its centroid is
-never cut. Windows are read, predicted (batched, on the GPU when there is one) and post-processed
+that touch one of its edges inside the image (cut nuclei). Owned parts partition the image; a
+nucleus reaching less than ``overlap / 2 - slack`` px beyond its centroid is never cut. Windows
+that segment a nucleus near a cut differently could both own it or neither, so each keeps
+nuclei up to ``slack`` (4 px) past its cuts and :mod:`.stitch` drops the second copy of a
+nucleus found twice (no duplicates, nothing lost). Windows are read, predicted (batched, on the GPU when there is one) and post-processed
 one batch at a time, and nuclei are yielded as they are found: memory does not grow with the slide
 (only the output does). Slides are read at the model's mpp (``tiling.slide.choose_level``; a
 resize when no level matches) and polygons mapped back to level-0 coordinates.
@@ -27,6 +29,7 @@ from torch import nn
 from pathssl.heads.hovernet import HV_KEY, NP_KEY, TP_KEY
 from pathssl.heads.postprocess import Instances, PostProcessConfig, postprocess
 from pathssl.nuclei.geojson import Nucleus, mask_ring
+from pathssl.nuclei.stitch import BorderDedup
 
 ReadFn = Callable[[int, int, int], NDArray[np.uint8]]  # (x, y, size) -> (size, size, 3)
 
@@ -74,12 +77,27 @@ def plan_windows(width: int, height: int, window: int, overlap: int) -> list[Win
     ]
 
 
-def kept_ids(res: Instances, win: Window, window: int) -> NDArray[np.int64]:
-    """Ids (1-based) of the nuclei this window owns and that are not cut by its edges."""
+def core_box(win: Window, window: int) -> tuple[int, int, int, int]:
+    """Window-local ``(x0, y0, x1, y1)`` covered by no other window: the neighbours' extents
+    follow from the cuts (each cut is the middle of the overlap)."""
+    x0 = int(np.ceil(2 * win.own_x[0] - 2 * win.x)) if win.cut_left else 0
+    y0 = int(np.ceil(2 * win.own_y[0] - 2 * win.y)) if win.cut_top else 0
+    x1 = int(2 * win.own_x[1] - 2 * win.x - window) if win.cut_right else window
+    y1 = int(2 * win.own_y[1] - 2 * win.y - window) if win.cut_bottom else window
+    return x0, y0, x1, y1
+
+
+def kept_ids(res: Instances, win: Window, window: int, slack: float = 0.0) -> NDArray[np.int64]:
+    """Ids (1-based) of the nuclei this window owns (centroid in its part, or up to ``slack`` px
+    past an inner cut) and that are not cut by its edges."""
     if not len(res):
         return np.zeros(0, np.int64)
     cx, cy = res.centroid[:, 0] + win.x, res.centroid[:, 1] + win.y
-    own = (cx >= win.own_x[0]) & (cx < win.own_x[1]) & (cy >= win.own_y[0]) & (cy < win.own_y[1])
+    xa = win.own_x[0] - (slack if win.cut_left else 0)
+    xb = win.own_x[1] + (slack if win.cut_right else 0)
+    ya = win.own_y[0] - (slack if win.cut_top else 0)
+    yb = win.own_y[1] + (slack if win.cut_bottom else 0)
+    own = (cx >= xa) & (cx < xb) & (cy >= ya) & (cy < yb)
     inst = res.inst
     touch = np.zeros(len(res) + 1, bool)
     for flag, edge in (
@@ -114,6 +132,7 @@ class NucleiPredictor:
         self.model = model.to(self.device).eval()
         self.window, self.overlap, self.batch_size = window, overlap, batch_size
         self.pp = postprocess_cfg or PostProcessConfig()
+        self.slack = min(4.0, overlap / 4)  # px a window keeps past its cut (see .stitch)
         self.progress = progress
         self.windows_done = 0  # windows read
         self.windows_run = 0  # windows through the model (the rest: glass, skipped)
@@ -126,6 +145,8 @@ class NucleiPredictor:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cuda):
             out = {k: v.float().cpu() for k, v in self.model(x).items()}
         tp = out.get(TP_KEY)
+        if tp is not None and tp.shape[1] <= 2:  # one type: the TP branch was never trained
+            tp = None
         return [
             postprocess(out[NP_KEY][i], out[HV_KEY][i], None if tp is None else tp[i], self.pp)
             for i in range(len(images))
@@ -138,6 +159,7 @@ class NucleiPredictor:
         from tqdm import tqdm
 
         plan = plan_windows(width, height, self.window, self.overlap)
+        dedup = BorderDedup()
         bar = tqdm(total=len(plan), unit="win", disable=not self.progress, dynamic_ncols=True)
         try:
             for b in range(0, len(plan), self.batch_size):
@@ -147,7 +169,10 @@ class NucleiPredictor:
                 results = self.predict_batch(imgs[todo]) if todo else []
                 self.windows_run += len(todo)
                 for i, res in zip(todo, results, strict=True):
-                    yield wins[i], res, kept_ids(res, wins[i], self.window)
+                    win = wins[i]
+                    keep = kept_ids(res, win, self.window, self.slack)
+                    keep = dedup.filter(win.x, win.y, core_box(win, self.window), res, keep)
+                    yield win, res, keep
                 self.windows_done += len(wins)
                 bar.update(len(wins))
         finally:

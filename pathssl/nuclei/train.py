@@ -29,6 +29,7 @@ from pathssl.eval.metrics import conic_pq, panoptic_quality
 from pathssl.heads.datasets import (
     LabelledImage,
     NucleiCropDataset,
+    load_mat_folder,
     load_mat_image,
     load_npz_pair,
     load_pannuke,
@@ -49,27 +50,67 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def load_data(cfg: DataConfig) -> tuple[list[LabelledImage], list[LabelledImage]]:
-    """(training images, held-apart validation images) as the config describes."""
-    if cfg.format == "pannuke":
-        images = [_map_types(im, cfg.type_lut) for im in load_pannuke(cfg.folder, cfg.limit)]
-        n_val = int(round(len(images) * cfg.val_fraction))
-        return images[n_val:], images[:n_val]
+    """(training images, held-apart validation images) as the config describes (see
+    :class:`~pathssl.nuclei.config.DataConfig`); no pixel is in both."""
+    if cfg.format not in ("pannuke", "npz", "mat"):
+        raise ValueError(f"data.format must be npz, pannuke or mat, got {cfg.format!r}")
+    if cfg.format == "pannuke" or (cfg.format == "mat" and cfg.folder):
+        load = load_pannuke if cfg.format == "pannuke" else load_mat_folder
+        images = [_map_types(im, cfg.type_lut) for im in load(cfg.folder, cfg.limit)]
+        _check_types(images, cfg)
+        if cfg.val_folder:
+            return images, [_map_types(im, cfg.type_lut) for im in load(cfg.val_folder, cfg.limit)]
+        return split_images(images, cfg.val_fraction, cfg.seed)
     if cfg.format == "npz":
         full = load_npz_pair(cfg.image, cfg.inst, cfg.types or None)
-    elif cfg.format == "mat":
-        full = load_mat_image(cfg.image, cfg.labels)
     else:
-        raise ValueError(f"data.format must be npz, pannuke or mat, got {cfg.format!r}")
+        full = load_mat_image(cfg.image, cfg.labels)
     full = _map_types(full, cfg.type_lut)
-    n_types = int(full.types.max())
+    _check_types([full], cfg)
+    if cfg.val_region and not cfg.train_region:
+        raise ValueError(
+            "data.val_region needs data.train_region too: without it the whole image, "
+            "validation region included, would be trained on"
+        )
+    if cfg.train_region and cfg.val_region and _overlap(cfg.train_region, cfg.val_region):
+        raise ValueError(
+            f"data.train_region {cfg.train_region} overlaps data.val_region {cfg.val_region}"
+        )
+    train = full.region(*cfg.train_region) if cfg.train_region else full
+    val = [full.region(*cfg.val_region)] if cfg.val_region else []
+    return [train], val
+
+
+def _overlap(a: list[int], b: list[int]) -> bool:
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    return ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah
+
+
+def _check_types(images: list[LabelledImage], cfg: DataConfig) -> None:
+    n_types = max(int(im.types.max()) for im in images)
     if n_types > len(cfg.type_names):
         raise ValueError(
             f"labels hold type ids up to {n_types} but data.type_names has "
             f"{len(cfg.type_names)} names (set data.type_lut to merge types)"
         )
-    train = full.region(*cfg.train_region) if cfg.train_region else full
-    val = [full.region(*cfg.val_region)] if cfg.val_region else []
-    return [train], val
+
+
+def split_images(
+    images: list[LabelledImage], fraction: float, seed: int = 0
+) -> tuple[list[LabelledImage], list[LabelledImage]]:
+    """(train, validation): ``fraction`` of the images of each tissue (``LabelledImage.tissue``;
+    one group when unset) held apart, drawn with a seeded shuffle; order kept within each part."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"data.val_fraction must be in [0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    val_idx: set[int] = set()
+    for tissue in sorted({im.tissue for im in images}):
+        idx = [i for i, im in enumerate(images) if im.tissue == tissue]
+        n_val = int(round(fraction * len(idx)))
+        val_idx.update(rng.permutation(idx)[:n_val].tolist())
+    train = [im for i, im in enumerate(images) if i not in val_idx]
+    return train, [im for i, im in enumerate(images) if i in val_idx]
 
 
 def _map_types(im: LabelledImage, lut: list[int] | None) -> LabelledImage:
@@ -237,7 +278,9 @@ def train_nuclei(
             train_images = subset_labels(train_images, tc.label_fraction, tc.label_tile, tc.seed)
     num_types = len(cfg.data.type_names)
     model = build_model(cfg.model, num_types).to(device)
-    criterion = HoVerNetCriterion(tc.lambda_hv_mse, use_types=num_types > 1)
+    criterion = HoVerNetCriterion(
+        tc.lambda_hv_mse, use_types=num_types > 1, lambda_hv_grad=tc.lambda_hv_grad
+    )
     module = NucleiTrainModule(model, criterion)
     ds = NucleiCropDataset(
         train_images,
@@ -289,7 +332,7 @@ def train_nuclei(
         module, opt, sched, loader, sampler, step, device, settings, meta, validation=validation
     )
     if not (tc.resume and trainer.resume()):
-        (out_dir / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run: a fresh log
+        trainer.start_fresh()
     last = trainer.fit()
     if validation is not None:
         meta["best_step"] = trainer.restore_best()

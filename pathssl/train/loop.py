@@ -457,14 +457,26 @@ class Trainer:
         stop = v.patience is not None and self.stale >= v.patience
         return any_true(stop, self.device) if self.dist.world_size > 1 else stop
 
+    def start_fresh(self) -> None:
+        """Forget an earlier run in ``out_dir``: its metrics log and best weights (``last.pt``
+        is overwritten by the first checkpoint)."""
+        if self.dist.is_main:
+            self.metrics.path.unlink(missing_ok=True)
+            self.best_path.unlink(missing_ok=True)
+
     def restore_best(self) -> int:
-        """Load the best validated weights (``best.pt``) into the module; returns their step
-        (0 and no change when no validation has run)."""
-        if not self.best_path.is_file():
+        """Load this run's best validated weights (``best.pt``) into the module; returns their
+        step (0 and no change when no validation improved)."""
+        if self.best is None or not self.best_path.is_file():
             return 0
         ckpt = load_checkpoint(self.best_path)
+        if int(ckpt["step"]) != self.best_step:
+            raise RuntimeError(
+                f"{self.best_path} holds step {ckpt['step']}, but the best validation was at "
+                f"step {self.best_step} (an interrupted save?): resume the run to redo it"
+            )
         self.method.load_state_dict(ckpt["method"])
-        return int(ckpt["step"])
+        return self.best_step
 
     def on_bad_step(self, logs: dict[str, Tensor]) -> None:
         self.bad_streak += 1

@@ -1,0 +1,116 @@
+"""Training/validation data of the nuclei head: no pixel in both, the layouts of each format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from scipy.io import savemat
+
+from pathssl.heads.datasets import LabelledImage, load_npz_pair
+from pathssl.nuclei.config import DataConfig
+from pathssl.nuclei.train import load_data, split_images
+
+TYPES = ["connective", "inflammatory", "neoplastic"]
+
+
+@pytest.fixture(scope="module")
+def hgsc(data_dir: Path) -> LabelledImage:
+    d = data_dir / "nuclei"
+    return load_npz_pair(
+        d / "hgsc_nest.jpg", d / "hgsc_nest_inst_mask.npz", d / "hgsc_nest_type_mask.npz"
+    )
+
+
+def npz_config(data_dir: Path, **kw: object) -> DataConfig:
+    d = data_dir / "nuclei"
+    return DataConfig(
+        format="npz",
+        image=str(d / "hgsc_nest.jpg"),
+        inst=str(d / "hgsc_nest_inst_mask.npz"),
+        types=str(d / "hgsc_nest_type_mask.npz"),
+        type_names=TYPES,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_regions_never_share_pixels(data_dir: Path, hgsc: LabelledImage) -> None:
+    (train,), (val,) = load_data(
+        npz_config(data_dir, train_region=[0, 0, 1000, 1500], val_region=[1000, 0, 500, 1500])
+    )
+    np.testing.assert_array_equal(train.image, hgsc.image[:, :1000])
+    np.testing.assert_array_equal(val.inst, hgsc.inst[:, 1000:])
+    with pytest.raises(ValueError, match="needs data.train_region"):
+        load_data(npz_config(data_dir, val_region=[1000, 0, 500, 1500]))
+    with pytest.raises(ValueError, match="overlaps"):
+        load_data(
+            npz_config(data_dir, train_region=[0, 0, 1001, 1500], val_region=[1000, 0, 500, 1500])
+        )
+    (whole,), none = load_data(npz_config(data_dir))
+    assert whole.image.shape == (1500, 1500, 3) and none == []
+    with pytest.raises(ValueError, match="type_names"):
+        load_data(_two_names(data_dir))
+
+
+def _two_names(data_dir: Path) -> DataConfig:
+    cfg = npz_config(data_dir)
+    cfg.type_names = ["a", "b"]
+    return cfg
+
+
+def _crops(hgsc: LabelledImage, n: int, tissues: list[str]) -> list[LabelledImage]:
+    out = []
+    for i in range(n):
+        c = hgsc.region(128 * (i % 10), 256 * (i // 10), 128, 128)
+        out.append(LabelledImage(c.image, c.inst, c.types, f"crop{i}", tissues[i % len(tissues)]))
+    return out
+
+
+def test_split_is_seeded_stratified_and_disjoint(hgsc: LabelledImage) -> None:
+    images = _crops(hgsc, 30, ["Ovary", "Ovary", "Breast"])  # 20 Ovary, 10 Breast
+    train, val = split_images(images, 0.2, seed=3)
+    assert sorted(im.name for im in train + val) == sorted(im.name for im in images)
+    assert {im.name for im in train}.isdisjoint(im.name for im in val)
+    assert sum(im.tissue == "Ovary" for im in val) == 4
+    assert sum(im.tissue == "Breast" for im in val) == 2
+    again, val2 = split_images(images, 0.2, seed=3)
+    assert [im.name for im in val2] == [im.name for im in val]
+    _, other = split_images(images, 0.2, seed=4)
+    assert [im.name for im in other] != [im.name for im in val]
+    # not simply the first images of the list (folds are stored grouped by tissue)
+    assert [im.name for im in val] != [im.name for im in images[:6]]
+    with pytest.raises(ValueError, match="val_fraction"):
+        split_images(images, 1.0)
+
+
+def _write_consep(folder: Path, crops: list[LabelledImage]) -> None:
+    (folder / "Images").mkdir(parents=True)
+    (folder / "Labels").mkdir()
+    for c in crops:
+        cv2.imwrite(str(folder / "Images" / f"{c.name}.png"), c.image[..., ::-1])
+        savemat(folder / "Labels" / f"{c.name}.mat", {"inst_map": c.inst, "type_map": c.types})
+
+
+def test_consep_folders(tmp_path: Path, hgsc: LabelledImage) -> None:
+    crops = _crops(hgsc, 6, [""])
+    _write_consep(tmp_path / "Train", crops[:4])
+    _write_consep(tmp_path / "Test", crops[4:])
+    cfg = DataConfig(
+        format="mat", folder=str(tmp_path / "Train"), val_folder=str(tmp_path / "Test"),
+        type_names=TYPES,
+    )  # fmt: skip
+    train, val = load_data(cfg)
+    assert [im.name for im in train] == ["crop0", "crop1", "crop2", "crop3"]
+    assert [im.name for im in val] == ["crop4", "crop5"]
+    for im, c in zip(train + val, crops, strict=True):
+        np.testing.assert_array_equal(im.image, c.image)  # PNG: lossless
+        np.testing.assert_array_equal(im.inst, c.inst)
+        np.testing.assert_array_equal(im.types, c.types)
+    cfg.val_folder, cfg.val_fraction = "", 0.25
+    train, val = load_data(cfg)
+    assert len(train) == 3 and len(val) == 1
+    (tmp_path / "Train" / "Labels" / "crop0.mat").unlink()
+    with pytest.raises(FileNotFoundError, match="crop0"):
+        load_data(cfg)
