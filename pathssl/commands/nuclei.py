@@ -83,6 +83,14 @@ def load_maps(path: str | Path, types_path: str | Path | None = None) -> tuple[A
     return inst, types
 
 
+def _nanmean(values: Sequence[float]) -> float:
+    import numpy as np
+
+    a = np.asarray(values, np.float64)
+    a = a[~np.isnan(a)]
+    return float(a.mean()) if a.size else float("nan")
+
+
 def nuclei_scores(
     trues: Sequence[tuple[Any, Any]],
     preds: Sequence[tuple[Any, Any]],
@@ -125,10 +133,10 @@ def nuclei_scores(
         "pq_image_mean": agg.pq,
         "mpq_plus": agg.mpq_plus,
         "per_class_pq": {str(c): v.pq for c, v in agg.per_class.items()},
-        "aji": float(np.nanmean(ajis)),
-        "aji_plus": float(np.nanmean(ajips)),
-        "dice": float(np.nanmean(dices)),
-        "dice2": float(np.nanmean(dice2s)),
+        "aji": _nanmean(ajis),
+        "aji_plus": _nanmean(ajips),
+        "dice": _nanmean(dices),
+        "dice2": _nanmean(dice2s),
         "f1_detection": det.f1,
         "detection_radius_px": radius,
         "detection": det.as_dict(),
