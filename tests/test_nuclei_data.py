@@ -114,3 +114,55 @@ def test_consep_folders(tmp_path: Path, hgsc: LabelledImage) -> None:
     (tmp_path / "Train" / "Labels" / "crop0.mat").unlink()
     with pytest.raises(FileNotFoundError, match="crop0"):
         load_data(cfg)
+
+
+def _write_pannuke(folder: Path, crops: list[LabelledImage]) -> None:
+    folder.mkdir(parents=True)
+    masks = np.zeros((len(crops), 128, 128, 6), np.float32)
+    for n, c in enumerate(crops):
+        for i in np.unique(c.inst[c.inst > 0]):
+            t = int(np.bincount(c.types[c.inst == i]).argmax())
+            masks[n, ..., t - 1][c.inst == i] = i
+        masks[n, ..., 5] = c.inst == 0
+    np.save(folder / "images.npy", np.stack([c.image for c in crops]).astype(np.float32))
+    np.save(folder / "masks.npy", masks)
+    np.save(folder / "types.npy", np.array([c.tissue for c in crops]))
+
+
+def test_pannuke_folds_stay_lazy(tmp_path: Path, hgsc: LabelledImage) -> None:
+    from pathssl.heads.datasets import NucleiCropDataset, PanNukeFold, load_pannuke
+    from pathssl.nuclei.train import subset_labels
+
+    crops = _crops(hgsc, 6, ["A", "B"])
+    _write_pannuke(tmp_path / "fold1", crops)
+    five = ["neoplastic", "inflammatory", "connective", "dead", "epithelial"]
+    cfg = DataConfig(format="pannuke", folder=str(tmp_path / "fold1"), type_names=five)
+    cfg.val_fraction = 1 / 3
+    train, val = load_data(cfg)
+    assert isinstance(train, PanNukeFold) and isinstance(val, PanNukeFold)
+    assert len(train) == 4 and len(val) == 2
+    assert sorted(val.tissue(i) for i in range(2)) == ["A", "B"]  # stratified by tissue
+    eager = {im.name: im for im in load_pannuke(tmp_path / "fold1")}
+    names = [im.name for im in train] + [im.name for im in val]
+    assert sorted(names) == sorted(eager)
+    for im in train:
+        np.testing.assert_array_equal(im.types, eager[im.name].types)
+        np.testing.assert_array_equal(im.image, eager[im.name].image)
+    # label subsets: the lazy path picks what the generic one picks
+    lazy = subset_labels(train, 0.5, 256, seed=2)
+    assert isinstance(lazy, PanNukeFold)
+    generic = subset_labels(list(train), 0.5, 256, seed=2)
+    assert [im.name for im in lazy] == [im.name for im in generic]
+    ds = NucleiCropDataset(train, crop=96, length=4, seed=0)
+    assert ds[0]["image"].shape == (3, 96, 96)
+    # types merged by a look-up table (all three into one)
+    cfg.type_lut, cfg.type_names = [0, 1, 1, 1, 1, 1], ["nucleus"]
+    train, _ = load_data(cfg)
+    assert set(np.unique(train[0].types)) <= {0, 1}
+    cfg.type_lut = None
+    with pytest.raises(ValueError, match="type_names"):
+        load_data(cfg)  # 5 PanNuke channels, one name
+    cfg.val_folder = str(tmp_path / "missing")
+    cfg.type_names = five
+    with pytest.raises(FileNotFoundError, match="images.npy"):
+        load_data(cfg)

@@ -154,7 +154,13 @@ def nuclei_scores(
 
 
 def _score_instances(images: Sequence[Any], preds: Sequence[Any]) -> dict:
-    return nuclei_scores([(i.inst, i.types) for i in images], [(p.inst, p.types) for p in preds])
+    """Scores of labelled images (PanNuke mPQ/bPQ too when every image names its tissue)."""
+    tissues = [i.tissue for i in images]
+    return nuclei_scores(
+        [(i.inst, i.types) for i in images],
+        [(p.inst, p.types) for p in preds],
+        tissues if all(tissues) else None,
+    )
 
 
 def run(args: argparse.Namespace) -> int:

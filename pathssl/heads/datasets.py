@@ -137,20 +137,65 @@ def pannuke_maps(masks: NDArray[np.generic]) -> tuple[NDArray[np.int32], NDArray
     return inst, types
 
 
+class PanNukeFold(Sequence[LabelledImage]):
+    """A PanNuke fold folder (``images.npy``, ``masks.npy``, ``types.npy``) as a lazy sequence:
+    the arrays stay memory-mapped and each :class:`LabelledImage` (instance + type maps) is made
+    when it is indexed, so a fold (~2,600 images, ~2 GB as maps) never sits in memory at once.
+    ``index`` selects and orders images (a split); ``tissues`` come without reading images."""
+
+    def __init__(
+        self,
+        folder: str | Path,
+        limit: int | None = None,
+        index: Sequence[int] | None = None,
+        type_lut: Sequence[int] | None = None,
+    ) -> None:
+        self.folder = Path(folder)
+        self.type_lut = None if type_lut is None else np.asarray(type_lut, np.int32)
+        for name in ("images.npy", "masks.npy"):
+            if not (self.folder / name).is_file():
+                raise FileNotFoundError(f"PanNuke fold {self.folder} has no {name}")
+        self.images = np.load(self.folder / "images.npy", mmap_mode="r")
+        self.masks = np.load(self.folder / "masks.npy", mmap_mode="r")
+        types = self.folder / "types.npy"
+        self.all_tissues = [str(t) for t in np.load(types)] if types.exists() else None
+        n = len(self.images) if limit is None else min(limit, len(self.images))
+        self.rows = list(range(n)) if index is None else [int(i) for i in index]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def num_types(self) -> int:
+        """Largest type id (the class channels of ``masks.npy``, after ``type_lut``)."""
+        n = int(self.masks.shape[-1]) - 1
+        return n if self.type_lut is None else int(self.type_lut[: n + 1].max())
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        return int(self.images.shape[1]), int(self.images.shape[2])
+
+    def tissue(self, i: int) -> str:
+        return self.all_tissues[self.rows[i]] if self.all_tissues is not None else ""
+
+    def subset(self, positions: Sequence[int]) -> PanNukeFold:
+        out = PanNukeFold.__new__(PanNukeFold)
+        out.__dict__.update(self.__dict__)
+        out.rows = [self.rows[int(p)] for p in positions]
+        return out
+
+    def __getitem__(self, i: int) -> LabelledImage:  # type: ignore[override]
+        j = self.rows[i]
+        inst, types = pannuke_maps(np.asarray(self.masks[j]))
+        if self.type_lut is not None:
+            types = self.type_lut[types]
+        img = np.clip(np.asarray(self.images[j]), 0, 255).astype(np.uint8)
+        return LabelledImage(img, inst, types, f"{self.folder.name}/{j}", self.tissue(i))
+
+
 def load_pannuke(folder: str | Path, limit: int | None = None) -> list[LabelledImage]:
-    """A PanNuke fold folder (``images.npy``, ``masks.npy``, ``types.npy``), memory-mapped."""
-    folder = Path(folder)
-    images = np.load(folder / "images.npy", mmap_mode="r")
-    masks = np.load(folder / "masks.npy", mmap_mode="r")
-    tissues = np.load(folder / "types.npy") if (folder / "types.npy").exists() else None
-    n = len(images) if limit is None else min(limit, len(images))
-    out = []
-    for i in range(n):
-        inst, types = pannuke_maps(np.asarray(masks[i]))
-        img = np.clip(np.asarray(images[i]), 0, 255).astype(np.uint8)
-        tissue = str(tissues[i]) if tissues is not None else ""
-        out.append(LabelledImage(img, inst, types, f"{folder.name}/{i}", tissue))
-    return out
+    """Every image of a PanNuke fold folder, in memory (:class:`PanNukeFold` is the lazy way)."""
+    return list(PanNukeFold(folder, limit))
 
 
 class NucleiCropDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
@@ -172,19 +217,24 @@ class NucleiCropDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
         seed: int = 0,
         stain_jitter: float = 0.0,
     ) -> None:
-        if not images:
+        if not len(images):
             raise ValueError("no labelled images")
-        small = [im.name for im in images if min(im.image.shape[:2]) < crop]
+        if isinstance(images, PanNukeFold):  # lazy: shapes without reading an image
+            shapes = [images.image_shape] * len(images)
+            self.images: Sequence[LabelledImage] = images
+        else:
+            shapes = [im.image.shape[:2] for im in images]
+            self.images = list(images)
+        small = [i for i, hw in enumerate(shapes) if min(hw) < crop]
         if small:
-            raise ValueError(f"images smaller than the {crop} px crop: {small[:3]}")
-        self.images = list(images)
+            raise ValueError(f"{len(small)} images are smaller than the {crop} px crop")
         self.crop = crop
         self.length = length
         self.augment = augment
         self.stain_jitter = float(stain_jitter)
         self.seed = seed
         self.epoch = 0
-        areas = np.array([im.image.shape[0] * im.image.shape[1] for im in images], np.float64)
+        areas = np.array([h * w for h, w in shapes], np.float64)
         self.weights = areas / areas.sum()
 
     def __len__(self) -> int:

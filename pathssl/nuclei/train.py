@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,10 +29,10 @@ from pathssl.eval.metrics import conic_pq, panoptic_quality
 from pathssl.heads.datasets import (
     LabelledImage,
     NucleiCropDataset,
+    PanNukeFold,
     load_mat_folder,
     load_mat_image,
     load_npz_pair,
-    load_pannuke,
 )
 from pathssl.heads.hovernet import NucleiModel, build_nuclei_model
 from pathssl.heads.loss import HoVerNetCriterion
@@ -49,17 +49,26 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def load_data(cfg: DataConfig) -> tuple[list[LabelledImage], list[LabelledImage]]:
+def load_data(cfg: DataConfig) -> tuple[Sequence[LabelledImage], Sequence[LabelledImage]]:
     """(training images, held-apart validation images) as the config describes (see
-    :class:`~pathssl.nuclei.config.DataConfig`); no pixel is in both."""
+    :class:`~pathssl.nuclei.config.DataConfig`); no pixel is in both. PanNuke folds stay lazy
+    (:class:`~pathssl.heads.datasets.PanNukeFold`)."""
     if cfg.format not in ("pannuke", "npz", "mat"):
         raise ValueError(f"data.format must be npz, pannuke or mat, got {cfg.format!r}")
-    if cfg.format == "pannuke" or (cfg.format == "mat" and cfg.folder):
-        load = load_pannuke if cfg.format == "pannuke" else load_mat_folder
-        images = [_map_types(im, cfg.type_lut) for im in load(cfg.folder, cfg.limit)]
+    if cfg.format == "pannuke":
+        fold = PanNukeFold(cfg.folder, cfg.limit, type_lut=cfg.type_lut)
+        _check_n_types(fold.num_types, cfg)
+        if cfg.val_folder:
+            return fold, PanNukeFold(cfg.val_folder, cfg.limit, type_lut=cfg.type_lut)
+        tissues = [fold.tissue(i) for i in range(len(fold))]
+        tr, va = split_indices(tissues, cfg.val_fraction, cfg.seed)
+        return fold.subset(tr), fold.subset(va)
+    if cfg.format == "mat" and cfg.folder:
+        images = [_map_types(im, cfg.type_lut) for im in load_mat_folder(cfg.folder, cfg.limit)]
         _check_types(images, cfg)
         if cfg.val_folder:
-            return images, [_map_types(im, cfg.type_lut) for im in load(cfg.val_folder, cfg.limit)]
+            val = load_mat_folder(cfg.val_folder, cfg.limit)
+            return images, [_map_types(im, cfg.type_lut) for im in val]
         return split_images(images, cfg.val_fraction, cfg.seed)
     if cfg.format == "npz":
         full = load_npz_pair(cfg.image, cfg.inst, cfg.types or None)
@@ -87,8 +96,11 @@ def _overlap(a: list[int], b: list[int]) -> bool:
     return ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah
 
 
-def _check_types(images: list[LabelledImage], cfg: DataConfig) -> None:
-    n_types = max(int(im.types.max()) for im in images)
+def _check_types(images: Sequence[LabelledImage], cfg: DataConfig) -> None:
+    _check_n_types(max(int(im.types.max()) for im in images), cfg)
+
+
+def _check_n_types(n_types: int, cfg: DataConfig) -> None:
     if n_types > len(cfg.type_names):
         raise ValueError(
             f"labels hold type ids up to {n_types} but data.type_names has "
@@ -96,21 +108,27 @@ def _check_types(images: list[LabelledImage], cfg: DataConfig) -> None:
         )
 
 
-def split_images(
-    images: list[LabelledImage], fraction: float, seed: int = 0
-) -> tuple[list[LabelledImage], list[LabelledImage]]:
-    """(train, validation): ``fraction`` of the images of each tissue (``LabelledImage.tissue``;
-    one group when unset) held apart, drawn with a seeded shuffle; order kept within each part."""
+def split_indices(
+    tissues: Sequence[str], fraction: float, seed: int = 0
+) -> tuple[list[int], list[int]]:
+    """(train, validation) positions: ``fraction`` of the images of each tissue (one group when
+    the names are empty) held apart, drawn with a seeded shuffle; order kept within each part."""
     if not 0 <= fraction < 1:
         raise ValueError(f"data.val_fraction must be in [0, 1), got {fraction}")
     rng = np.random.default_rng(seed)
-    val_idx: set[int] = set()
-    for tissue in sorted({im.tissue for im in images}):
-        idx = [i for i, im in enumerate(images) if im.tissue == tissue]
-        n_val = int(round(fraction * len(idx)))
-        val_idx.update(rng.permutation(idx)[:n_val].tolist())
-    train = [im for i, im in enumerate(images) if i not in val_idx]
-    return train, [im for i, im in enumerate(images) if i in val_idx]
+    val: set[int] = set()
+    for tissue in sorted(set(tissues)):
+        idx = [i for i, t in enumerate(tissues) if t == tissue]
+        val.update(rng.permutation(idx)[: int(round(fraction * len(idx)))].tolist())
+    return [i for i in range(len(tissues)) if i not in val], sorted(val)
+
+
+def split_images(
+    images: list[LabelledImage], fraction: float, seed: int = 0
+) -> tuple[list[LabelledImage], list[LabelledImage]]:
+    """:func:`split_indices` by ``LabelledImage.tissue``, applied to a list of images."""
+    tr, va = split_indices([im.tissue for im in images], fraction, seed)
+    return [images[i] for i in tr], [images[i] for i in va]
 
 
 def _map_types(im: LabelledImage, lut: list[int] | None) -> LabelledImage:
@@ -121,14 +139,20 @@ def _map_types(im: LabelledImage, lut: list[int] | None) -> LabelledImage:
 
 
 def subset_labels(
-    images: list[LabelledImage], fraction: float, tile: int, seed: int = 0
-) -> list[LabelledImage]:
+    images: Sequence[LabelledImage], fraction: float, tile: int, seed: int = 0
+) -> Sequence[LabelledImage]:
     """Keep ``fraction`` of the labelled area: images cut into ``tile`` px tiles (the last row and
     column moved back to end at the border, so the whole image is covered; an image smaller than
     two tiles is one tile), a seeded shuffle, the first ``ceil(fraction * n)``. Subsets are
     nested: 10% is inside 30% is inside 100% for one seed."""
     if not 0 < fraction <= 1:
         raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
+    if isinstance(images, PanNukeFold):
+        h, w = images.image_shape
+        if (h < 2 * tile and w < 2 * tile) or min(h, w) < tile:  # one tile per image: stay lazy
+            order = np.random.default_rng(seed).permutation(len(images))
+            keep = max(1, math.ceil(fraction * len(images)))
+            return images.subset(sorted(order[:keep].tolist()))
     tiles: list[LabelledImage] = []
     for im in images:
         h, w = im.image.shape[:2]
@@ -222,7 +246,7 @@ MONITORS = ("pq", "mpq_plus", "f1_detection")
 
 
 def validation_scores(
-    model: NucleiModel, images: list[LabelledImage], cfg: NucleiConfig, device: torch.device
+    model: NucleiModel, images: Sequence[LabelledImage], cfg: NucleiConfig, device: torch.device
 ) -> dict[str, float]:
     """Predict each held-apart image (windows as ``cfg.predict``, post-processing as
     ``cfg.postprocess``) and score all of them together: ``pq`` (binary PQ from counts summed
@@ -262,7 +286,7 @@ def _bf16(precision: str, device: torch.device) -> bool:
 
 def train_nuclei(
     cfg: NucleiConfig,
-    train_images: list[LabelledImage] | None = None,
+    train_images: Sequence[LabelledImage] | None = None,
     progress: bool = True,
 ) -> TrainResult:
     """Train per ``cfg``; ``train_images`` overrides the config's data (label-efficiency runs).
