@@ -227,3 +227,35 @@ def test_report_outputs(tmp_path: Path) -> None:
     assert img is not None and img.mean() < 255
     with pytest.raises(ValueError):
         write_confusion_png(tmp_path / "x.png", [[1, 2]], ["a"])
+
+
+def test_interrupted_fine_tune_resumes_exactly(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed mid-run, rerun with resume=True: same weights, same validation history as one
+    uninterrupted run (the augmentation generator is checkpointed too)."""
+    from pathssl.train.loop import Trainer
+
+    tiles = D.image_folder(_image_folder(data_dir, tmp_path / "folder"))
+    ds = D.TileImages(tiles, size=32)
+    kw = {"epochs": 4, "batch_size": 8, "lr": 1e-3, "val_fraction": 0.2, "progress": False}
+    full = fine_tune(load_encoder("resnet18"), ds, tiles.labels, 3, tmp_path / "a", **kw)
+
+    step = Trainer.train_step
+
+    def crash(self: Trainer, batch: object) -> object:
+        if self.step == 7:  # mid-epoch 3 (3 steps per epoch): resumes from the epoch-2 checkpoint
+            raise KeyboardInterrupt
+        return step(self, batch)
+
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "train_step", crash)
+        with pytest.raises(KeyboardInterrupt):
+            fine_tune(load_encoder("resnet18"), ds, tiles.labels, 3, tmp_path / "b", **kw)
+    again = fine_tune(
+        load_encoder("resnet18"), ds, tiles.labels, 3, tmp_path / "b", resume=True, **kw
+    )
+    assert again.steps_run == full.steps_run and again.best_step == full.best_step
+    assert [s for s, _ in again.history] == [s for s, _ in full.history]
+    for k, v in full.classifier.state_dict().items():
+        assert torch.equal(v, again.classifier.state_dict()[k]), k

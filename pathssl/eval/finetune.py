@@ -29,6 +29,9 @@ from pathssl.eval.classification import classification_metrics
 from pathssl.eval.encoder import Encoder, feature_dim
 from pathssl.eval.probes import ProbeOutput
 from pathssl.train.loop import LoopSettings, SupervisedStep, Trainer, Validation
+from pathssl.train.metrics import read_metrics
+
+VAL_KEYS = ("balanced_accuracy", "accuracy", "macro_f1")
 
 
 class ClassifierModule(nn.Module):
@@ -225,8 +228,7 @@ def fine_tune(
         def run_validation() -> dict[str, float]:
             out, y = predict(module, val_ds, batch_size, dev)
             m = classification_metrics(y, out.pred, out.proba, num_classes)
-            keys = ("balanced_accuracy", "accuracy", "macro_f1")
-            scores = {k: float(m[k]) for k in keys}  # type: ignore[arg-type]
+            scores = {k: float(m[k]) for k in VAL_KEYS}  # type: ignore[arg-type]
             history.append((trainer.step, scores))
             return scores
 
@@ -260,7 +262,11 @@ def fine_tune(
         generator,
         validation=validation,
     )
-    if not (resume and trainer.resume()):
+    if resume and trainer.resume():  # the validations already done, from the run's log
+        for r in read_metrics(trainer.metrics.path):
+            if r.get("kind") == "val":
+                history.append((int(r["step"]), {k: float(r[k]) for k in VAL_KEYS}))
+    else:
         trainer.start_fresh()
     trainer.fit()
     best = trainer.restore_best() if validation is not None else trainer.step
