@@ -132,3 +132,24 @@ def test_a_fresh_run_never_restores_an_older_runs_best(tmp_path: Path) -> None:
     second.fit()
     before = second.method.lin.weight.detach().clone()
     assert second.restore_best() == 0 and torch.equal(second.method.lin.weight, before)
+
+
+def test_an_improvement_is_checkpointed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checkpoints every 100 steps, validations every 2: a crash at step 5 after improvements at
+    2 and 4 resumes from step 4, where best.pt and the loop's state agree."""
+    first = make_trainer(tmp_path, [0.5, 0.9, 0.1], patience=None)
+    step = Trainer.train_step
+
+    def crash(self: Trainer, batch: object) -> object:
+        if self.step == 5:
+            raise KeyboardInterrupt
+        return step(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", crash)
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    monkeypatch.undo()
+    again = make_trainer(tmp_path, [0.1] * 10, patience=None)
+    assert again.resume() and again.step == 4 and again.best_step == 4
+    again.fit()
+    assert again.restore_best() == 4

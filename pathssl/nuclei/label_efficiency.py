@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 from pathssl.heads.datasets import LabelledImage
 from pathssl.heads.postprocess import Instances
 from pathssl.nuclei.config import NucleiConfig
-from pathssl.nuclei.predict import NucleiPredictor
+from pathssl.nuclei.predict import NucleiPredictor, configured_predictor
 from pathssl.nuclei.train import load_data, pick_device, subset_labels, train_nuclei
 
 ScoreFn = Callable[[Sequence[LabelledImage], Sequence[Instances]], dict[str, Any]]
@@ -32,16 +32,7 @@ ScoreFn = Callable[[Sequence[LabelledImage], Sequence[Instances]], dict[str, Any
 
 def validation_predictor(model: Any, cfg: NucleiConfig) -> NucleiPredictor:
     """A quiet predictor for a freshly trained model, with the config's window settings."""
-    device = pick_device(cfg.train.device)
-    return NucleiPredictor(
-        model.to(device),
-        window=cfg.predict.window,
-        overlap=cfg.predict.overlap,
-        batch_size=cfg.predict.batch_size,
-        device=device,
-        postprocess_cfg=cfg.postprocess,
-        progress=False,
-    )
+    return configured_predictor(model, cfg, pick_device(cfg.train.device))
 
 
 def predict_images(predictor: NucleiPredictor, images: Sequence[LabelledImage]) -> list[Instances]:

@@ -28,6 +28,7 @@ from torch import nn
 
 from pathssl.heads.hovernet import HV_KEY, NP_KEY, TP_KEY
 from pathssl.heads.postprocess import Instances, PostProcessConfig, postprocess
+from pathssl.nuclei.config import NucleiConfig
 from pathssl.nuclei.geojson import Nucleus, mask_ring
 from pathssl.nuclei.stitch import BorderDedup
 
@@ -229,6 +230,21 @@ class NucleiPredictor:
         for win, res, keep in self.run(read, width, height, skip=is_background):
             off = (origin[0] + win.x * to_level0, origin[1] + win.y * to_level0)
             yield from instances_to_nuclei(res, keep, to_level0, off)
+
+
+def configured_predictor(
+    model: nn.Module, cfg: NucleiConfig, device: str | torch.device = "cpu"
+) -> NucleiPredictor:
+    """A quiet predictor with a config's window and post-processing settings (validation)."""
+    return NucleiPredictor(
+        model,
+        window=cfg.predict.window,
+        overlap=cfg.predict.overlap,
+        batch_size=cfg.predict.batch_size,
+        device=device,
+        postprocess_cfg=cfg.postprocess,
+        progress=False,
+    )
 
 
 def instances_to_nuclei(

@@ -251,17 +251,9 @@ def validation_scores(
     """Predict each held-apart image (windows as ``cfg.predict``, post-processing as
     ``cfg.postprocess``) and score all of them together: ``pq`` (binary PQ from counts summed
     over images), ``mpq_plus`` (CoNIC aggregated), ``f1_detection`` (12 px), ``nuclei``."""
-    from pathssl.nuclei.predict import NucleiPredictor
+    from pathssl.nuclei.predict import configured_predictor
 
-    predictor = NucleiPredictor(
-        model,
-        window=cfg.predict.window,
-        overlap=cfg.predict.overlap,
-        batch_size=cfg.predict.batch_size,
-        device=device,
-        postprocess_cfg=cfg.postprocess,
-        progress=False,
-    )
+    predictor = configured_predictor(model, cfg, device)
     classes = list(range(1, len(cfg.data.type_names) + 1))
     results, counts, n = [], [], 0
     for im in images:

@@ -11,7 +11,8 @@ Shared by both, per step: bf16 autocast (CUDA) -> backward -> method hooks (when
 them) -> gradient clipping -> NaN/inf guard -> optimiser and scheduler step -> EMA/queue updates;
 metrics JSONL, progress, and checkpoints every ``ckpt_every`` steps (atomic) that allow an exact
 resume. An optional :class:`Validation` scores the model every ``every`` steps, keeps the best
-weights in ``best.pt`` and stops early after ``patience`` scores without improvement.
+weights in ``best.pt`` (a checkpoint follows every improvement, so a resumed run never holds a
+``best.pt`` newer than its state) and stops early after ``patience`` scores without improvement.
 """
 
 from __future__ import annotations
@@ -402,17 +403,20 @@ class Trainer:
                     )
                     sums, n_ok, t0, start_step = {}, 0, time.perf_counter(), self.step
                 val = self.validation
+                improved = False
                 if val is not None and (
                     self.step % val.every == 0 or self.step == self.s.max_steps
                 ):
                     t_val = time.perf_counter()
                     self.stopped_early = self.validate()
+                    improved = self.best_step == self.step
                     t0 += time.perf_counter() - t_val  # images/s excludes validation
                     bar.set_postfix(loss=f"{last.get('loss', math.nan):.4f}", best=self.best)
                 if (
                     self.step % self.s.ckpt_every == 0
                     or self.step == self.s.max_steps
                     or self.stopped_early
+                    or improved  # best.pt and last.pt agree on the best step after a crash
                 ):
                     t_save = time.perf_counter()
                     self.save()
