@@ -70,7 +70,7 @@ def bare_step(trainer: Any, n_images: int, size: int, masked: float | None) -> A
     """A closure running the bare trunk fwd+bwd on ``n_images`` random ``size``^2 images (MAE:
     the encoder on the kept ``1 - masked`` of the patches)."""
     backbone = trainer.method.backbone
-    dev, bf16, cl = trainer.device, trainer.s.bf16, trainer.s.channels_last
+    dev, bf16, cl = trainer.device, trainer.s.bf16, trainer.batch_step.channels_last
     x = torch.randn(n_images, 3, size, size, device=dev)
     if cl:
         x = x.contiguous(memory_format=torch.channels_last)
