@@ -155,6 +155,12 @@ def test_pannuke_folds_stay_lazy(tmp_path: Path, hgsc: LabelledImage) -> None:
     assert [im.name for im in lazy] == [im.name for im in generic]
     ds = NucleiCropDataset(train, crop=96, length=4, seed=0)
     assert ds[0]["image"].shape == (3, 96, 96)
+    import pickle
+
+    blob = pickle.dumps(train)  # what a spawned DataLoader worker receives
+    assert len(blob) < 10_000  # file names and row numbers, not the arrays
+    back = pickle.loads(blob)
+    np.testing.assert_array_equal(back[1].inst, train[1].inst)
     # types merged by a look-up table (all three into one)
     cfg.type_lut, cfg.type_names = [0, 1, 1, 1, 1, 1], ["nucleus"]
     train, _ = load_data(cfg)

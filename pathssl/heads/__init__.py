@@ -2,7 +2,7 @@
 
 :mod:`.hovernet` (model), :mod:`.targets` (HV maps), :mod:`.loss` (MONAI ``HoVerNetLoss``),
 :mod:`.postprocess` (MONAI watershed post-processing), :mod:`.datasets` (PanNuke, CoNSeP/Lizard,
-image + ``.npz`` pairs; random crops with one shared augmentation draw).
+image + ``.npz`` pairs; lazy PanNuke folds; random crops with one shared augmentation draw).
 """
 
 from pathssl.heads.datasets import (
@@ -10,6 +10,8 @@ from pathssl.heads.datasets import (
     PANNUKE_TYPES,
     LabelledImage,
     NucleiCropDataset,
+    PanNukeFold,
+    load_mat_folder,
     load_mat_image,
     load_npz_pair,
     load_pannuke,
@@ -28,9 +30,11 @@ __all__ = [
     "LabelledImage",
     "NucleiCropDataset",
     "NucleiModel",
+    "PanNukeFold",
     "PostProcessConfig",
     "build_nuclei_model",
     "hover_maps",
+    "load_mat_folder",
     "load_mat_image",
     "load_npz_pair",
     "load_pannuke",

@@ -165,6 +165,15 @@ class PanNukeFold(Sequence[LabelledImage]):
     def __len__(self) -> int:
         return len(self.rows)
 
+    def __getstate__(self) -> dict[str, object]:
+        # DataLoader workers started by spawn get the file names, not copies of the arrays
+        return {k: v for k, v in self.__dict__.items() if k not in ("images", "masks")}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self.images = np.load(self.folder / "images.npy", mmap_mode="r")
+        self.masks = np.load(self.folder / "masks.npy", mmap_mode="r")
+
     @property
     def num_types(self) -> int:
         """Largest type id (the class channels of ``masks.npy``, after ``type_lut``)."""
