@@ -2,10 +2,9 @@
 
 What a batch means is a small pluggable :class:`BatchStep`: ``prepare(batch)`` (outside autocast)
 makes the model's inputs on the device, ``forward(model, inputs)`` (under autocast) returns
-``{"loss": scalar, **logs}``; the two kinds live in :mod:`.steps`. :class:`ViewStep` (SSL): uint8 tiles ``(B, 3, S, S)`` (decoded by
-DataLoader workers, or JPEG bytes decoded on the GPU) -> batched views on the device
-(``recipe.torch()``), normalised by the training tiles' mean/std -> ``method(views)``.
-:class:`SupervisedStep`: ``{"image", **targets}`` -> ``module(images, targets)``.
+``{"loss": scalar, **logs}``. Its two kinds live in :mod:`.steps`: :class:`ViewStep` (SSL: uint8
+tiles -> batched views on the device -> ``method(views)``) and :class:`SupervisedStep`
+(``{"image", **targets}`` -> ``module(images, targets)``).
 
 Shared by both, per step: bf16 autocast (CUDA) -> backward -> method hooks (when the module has
 them) -> gradient clipping -> NaN/inf guard -> optimiser and scheduler step -> EMA/queue updates;
