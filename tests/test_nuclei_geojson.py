@@ -95,7 +95,10 @@ def test_real_nuclei_to_qupath(tmp_path: Path, data_dir: Path) -> None:
     # only specks (nuclei cut by the crop to a few pixels) may lack a polygon
     assert len(nuclei) >= (res.area >= 20).sum()
     kept = np.array(
-        [any(np.allclose(n.centroid, c * 2.0 + origin) for n in nuclei) for c in res.centroid]
+        [
+            any(np.allclose(n.centroid, (c + 0.5) * 2.0 + origin) for n in nuclei)
+            for c in res.centroid
+        ]
     )
     assert kept[res.area >= 20].all()
     res_k = np.nonzero(kept)[0]
@@ -105,10 +108,11 @@ def test_real_nuclei_to_qupath(tmp_path: Path, data_dir: Path) -> None:
     doc = json.loads((tmp_path / "n.geojson").read_text())
     check_qupath_geojson(doc, names)
     assert len(doc["features"]) == len(nuclei)
-    # level-0 coordinates: origin + 2 * pixel; the polygon encloses the nucleus centroid
+    # level-0 coordinates: origin + 2 * (pixel-corner frame: centre + 0.5); the polygon encloses
+    # the nucleus centroid
     for f, k in zip(doc["features"][:20], res_k[:20], strict=False):
         ring = np.asarray(f["geometry"]["coordinates"][0])
-        cx, cy = (res.centroid[k] * 2.0) + origin
+        cx, cy = ((res.centroid[k] + 0.5) * 2.0) + origin
         assert ring[:, 0].min() <= cx <= ring[:, 0].max()
         assert ring[:, 1].min() <= cy <= ring[:, 1].max()
         assert f["properties"]["measurements"]["Area px^2"] == pytest.approx(res.area[k] * 4)
@@ -147,3 +151,17 @@ def test_writer_is_atomic_and_overlay(tmp_path: Path) -> None:
     assert qupath_problems({"type": "FeatureCollection", "features": [unclassified]}) == []
     img = draw_overlay(np.zeros((8, 8, 3), np.uint8), [nuc], ["a", "b"])
     assert img[1, 3].any() and not img[3, 3].any()
+
+
+def test_level0_polygons_use_pixel_corners() -> None:
+    """QuPath (and the level-0 grid) put pixel corners at integers: model pixels x 10..19,
+    y 5..14 at 2 level-0 px per model px from origin (100, 200) cover [120, 140] x [210, 230]."""
+    inst = np.zeros((32, 32), np.int32)
+    inst[5:15, 10:20] = 1
+    (nuc,) = instances_to_nuclei(describe(inst, None), scale=2.0, origin=(100.0, 200.0))
+    x, y = nuc.ring[:, 0], nuc.ring[:, 1]
+    tol = 2.0 / 16 + 1e-9  # the ring is traced 1/16 px inside the edges
+    assert 120 <= x.min() <= 120 + tol and 140 - tol <= x.max() <= 140
+    assert 210 <= y.min() <= 210 + tol and 230 - tol <= y.max() <= 230
+    assert nuc.centroid == pytest.approx((130.0, 220.0))
+    assert nuc.area == 100 * 4

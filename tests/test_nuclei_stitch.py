@@ -200,7 +200,8 @@ def test_windows_that_disagree_give_each_nucleus_once(
         tile[: part.shape[0], : part.shape[1]] = part
         return tile
 
-    found = np.array([n.centroid for n in pred.nuclei(read, 600, 600, 1.0, (0.0, 0.0))])
+    # nuclei() reports the pixel-corner frame: back to pixel-centre coordinates
+    found = np.array([n.centroid for n in pred.nuclei(read, 600, 600, 1.0, (0.0, 0.0))]) - 0.5
     # each true nucleus (not at the image border, small enough never to be cut) exactly once
     d = np.hypot(*(found[None, :, :] - truth.centroid[:, None, :]).transpose(2, 0, 1))
     copies = (d < 3.0).sum(1)  # the shift moves a centroid by at most 2.83 px

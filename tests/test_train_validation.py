@@ -153,3 +153,38 @@ def test_an_improvement_is_checkpointed(tmp_path: Path, monkeypatch: pytest.Monk
     assert again.resume() and again.step == 4 and again.best_step == 4
     again.fit()
     assert again.restore_best() == 4
+
+
+def test_killed_between_last_and_best_rewrites_best(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = make_trainer(tmp_path, [0.5, 0.9, 0.1], patience=None)
+    write = Trainer.write_best
+
+    def crash(self: Trainer) -> None:
+        if self.step == 4:
+            raise KeyboardInterrupt  # last.pt (step 4) is written, best.pt still from step 2
+        write(self)
+
+    monkeypatch.setattr(Trainer, "write_best", crash)
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    monkeypatch.undo()
+    at_4 = first.snapshots[4]  # type: ignore[attr-defined]
+    assert torch.load(tmp_path / "best.pt", weights_only=True)["step"] == 2
+    again = make_trainer(tmp_path, [0.1] * 10, patience=None)
+    assert again.resume() and again.step == 4
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert best["step"] == 4 and torch.equal(best["method"]["lin.weight"], at_4)
+
+
+def test_more_patience_on_resume_trains_on(tmp_path: Path) -> None:
+    stopped = make_trainer(tmp_path, [0.9, 0.1, 0.1], patience=2)
+    stopped.fit()
+    assert stopped.stopped_early and stopped.step == 6
+    more = make_trainer(tmp_path, [0.1] * 10, patience=5)
+    assert more.resume() and not more.stopped_early
+    more.fit()
+    assert more.stopped_early and more.step == 12  # 5 stale validations: 4, 6, 8, 10, 12
+    more.start_fresh()
+    assert not any((tmp_path / n).exists() for n in ("last.pt", "best.pt", "metrics.jsonl"))

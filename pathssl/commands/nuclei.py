@@ -267,7 +267,8 @@ def _predict(args: argparse.Namespace) -> int:
 
 def load_pannuke_truth(folder: str | Path) -> tuple[list[tuple[Any, Any]], list[str]]:
     """(instance, type) maps and tissue names of a PanNuke fold folder (``masks.npy``,
-    ``types.npy``), read one mask at a time from the memory-mapped array."""
+    ``types.npy``): all maps in memory (~0.5 MB per image), made one mask at a time from the
+    memory-mapped array. PanNuke's own five type ids; ``--true-types`` does not apply."""
     import numpy as np
 
     from pathssl.heads.datasets import pannuke_maps

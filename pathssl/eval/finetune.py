@@ -137,7 +137,9 @@ def validation_split(
 @dataclass
 class FineTuneResult:
     """The fine-tuned classifier (best validated weights when validation ran), the step they
-    come from, the number of steps run and the validation history ``[(step, scores)]``."""
+    come from (``steps_run`` without validation; 0 when no validation score was finite: then the
+    weights are the last ones), the number of steps run and the validation history
+    ``[(step, scores)]``."""
 
     classifier: ClassifierModule
     best_step: int

@@ -216,6 +216,8 @@ def draw_overlay(
     out = image if inplace else np.ascontiguousarray(image.copy())
     for nuc in nuclei:
         name = type_names[nuc.type - 1] if 0 < nuc.type <= len(type_names) else "nucleus"
+        # corner frame as pixel indices: the outline runs on the nucleus' top/left boundary
+        # pixels and just outside its bottom/right ones
         pts = np.round((nuc.ring - np.asarray(offset)) * scale).astype(np.int32)
         cv2.polylines(out, [pts.reshape(-1, 1, 2)], True, type_color(name, nuc.type - 1), 1)
     return out

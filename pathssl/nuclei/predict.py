@@ -253,8 +253,9 @@ def instances_to_nuclei(
     scale: float = 1.0,
     origin: tuple[float, float] = (0.0, 0.0),
 ) -> Iterator[Nucleus]:
-    """:class:`Nucleus` records of ``ids`` (default all) at ``origin + p * scale``; nuclei too
-    small for a valid polygon are left out."""
+    """:class:`Nucleus` records of ``ids`` (default all) at ``origin + p * scale``, ``p`` in the
+    pixel-corner frame QuPath uses (pixel ``(i, j)`` covers ``[j, j + 1] x [i, i + 1]``); nuclei
+    too small for a valid polygon are left out."""
     objs = ndi.find_objects(res.inst)
     for k in range(1, len(res) + 1) if ids is None else ids.tolist():
         sl = objs[k - 1] if k - 1 < len(objs) else None
@@ -263,8 +264,10 @@ def instances_to_nuclei(
         ring = mask_ring(res.inst[sl] == k)
         if ring is None:
             continue
-        ring = (ring + [sl[1].start, sl[0].start]) * scale + origin
-        c = res.centroid[k - 1] * scale + origin
+        # pixel-centre frame (pixel j spans j - 0.5 .. j + 0.5) -> corner frame (QuPath, and the
+        # level-0 origin: pixel j spans j .. j + 1), then model px -> level-0 px
+        ring = (ring + [sl[1].start + 0.5, sl[0].start + 0.5]) * scale + origin
+        c = (res.centroid[k - 1] + 0.5) * scale + origin
         yield Nucleus(
             ring,
             (float(c[0]), float(c[1])),

@@ -59,7 +59,9 @@ def load_data(cfg: DataConfig) -> tuple[Sequence[LabelledImage], Sequence[Labell
         fold = PanNukeFold(cfg.folder, cfg.limit, type_lut=cfg.type_lut)
         _check_n_types(fold.num_types, cfg)
         if cfg.val_folder:
-            return fold, PanNukeFold(cfg.val_folder, cfg.limit, type_lut=cfg.type_lut)
+            val_fold = PanNukeFold(cfg.val_folder, cfg.limit, type_lut=cfg.type_lut)
+            _check_n_types(val_fold.num_types, cfg)
+            return fold, val_fold
         tissues = [fold.tissue(i) for i in range(len(fold))]
         tr, va = split_indices(tissues, cfg.val_fraction, cfg.seed)
         return fold.subset(tr), fold.subset(va)
@@ -67,8 +69,11 @@ def load_data(cfg: DataConfig) -> tuple[Sequence[LabelledImage], Sequence[Labell
         images = [_map_types(im, cfg.type_lut) for im in load_mat_folder(cfg.folder, cfg.limit)]
         _check_types(images, cfg)
         if cfg.val_folder:
-            val = load_mat_folder(cfg.val_folder, cfg.limit)
-            return images, [_map_types(im, cfg.type_lut) for im in val]
+            val = [
+                _map_types(im, cfg.type_lut) for im in load_mat_folder(cfg.val_folder, cfg.limit)
+            ]
+            _check_types(val, cfg)
+            return images, val
         return split_images(images, cfg.val_fraction, cfg.seed)
     if cfg.format == "npz":
         full = load_npz_pair(cfg.image, cfg.inst, cfg.types or None)

@@ -174,6 +174,7 @@ class Trainer:
         self.validation = validation
         self.best: float | None = None  # best monitored validation value so far
         self.best_step = 0
+        self.best_scores: dict[str, float] = {}
         self.stale = 0  # validations in a row without improvement
         self.stopped_early = False
 
@@ -224,8 +225,8 @@ class Trainer:
             "validation": {
                 "best": self.best,
                 "best_step": self.best_step,
+                "best_scores": self.best_scores,
                 "stale": self.stale,
-                "stopped_early": self.stopped_early,
             },
         }
 
@@ -263,8 +264,16 @@ class Trainer:
         val = ckpt.get("validation") or {}
         self.best = val.get("best")
         self.best_step = int(val.get("best_step", 0))
+        self.best_scores = dict(val.get("best_scores") or {})
         self.stale = int(val.get("stale", 0))
-        self.stopped_early = bool(val.get("stopped_early", False))
+        patience = self.validation.patience if self.validation is not None else None
+        self.stopped_early = patience is not None and self.stale >= patience
+        if (
+            self.best is not None
+            and self.best_step == self.step
+            and self._best_file_step() != self.step
+        ):
+            self.write_best()  # killed between last.pt and best.pt: these weights are the best
         if self.dist.is_main:
             truncate_metrics(self.metrics.path, self.step + 1)
         return True
@@ -353,18 +362,19 @@ class Trainer:
                     self.step % val.every == 0 or self.step == self.s.max_steps
                 ):
                     t_val = time.perf_counter()
-                    self.stopped_early = self.validate()
-                    improved = self.best_step == self.step
+                    improved, self.stopped_early = self.validate()
                     t0 += time.perf_counter() - t_val  # images/s excludes validation
                     bar.set_postfix(loss=f"{last.get('loss', math.nan):.4f}", best=self.best)
                 if (
                     self.step % self.s.ckpt_every == 0
                     or self.step == self.s.max_steps
                     or self.stopped_early
-                    or improved  # best.pt and last.pt agree on the best step after a crash
+                    or improved  # last.pt at the best step first, then best.pt (see resume)
                 ):
                     t_save = time.perf_counter()
                     self.save()
+                    if improved:
+                        self.write_best()
                     t0 += time.perf_counter() - t_save  # images/s excludes checkpointing
         finally:
             bar.close()
@@ -376,42 +386,54 @@ class Trainer:
     def best_path(self) -> Path:
         return Path(self.s.out_dir) / BEST_NAME
 
-    def validate(self) -> bool:
-        """Score the model once; keep the best weights; True when patience has run out."""
+    def validate(self) -> tuple[bool, bool]:
+        """Score the model once; returns (improved, patience has run out). Under DDP every rank
+        runs ``run()`` and rank 0's scores decide for all, so ranks never disagree."""
         v = self.validation
         assert v is not None
         self.method.eval()
-        with torch.no_grad():
-            scores = {k: float(x) for k, x in v.run().items()}
-        self.method.train()
+        try:
+            with torch.no_grad():
+                scores = {k: float(x) for k, x in v.run().items()}
+        finally:
+            self.method.train()
+        if self.dist.world_size > 1:
+            shared: list[Any] = [scores]
+            dist.broadcast_object_list(shared, src=0)
+            scores = shared[0]
         if v.monitor not in scores:
             raise KeyError(f"validation returned {sorted(scores)}, not the monitored {v.monitor!r}")
         value = scores[v.monitor]
         improved = v.improves(value, self.best)
         if improved:
             self.best, self.best_step, self.stale = value, self.step, 0
-            if self.dist.is_main:
-                save_checkpoint(
-                    self.best_path,
-                    {
-                        "method": self.method.state_dict(),
-                        "step": self.step,
-                        "scores": scores,
-                        "meta": self.meta,
-                    },
-                )
+            self.best_scores = scores
         else:
             self.stale += 1
         self.metrics.log(self.step, "val", {**scores, "best": self.best, "improved": improved})
-        stop = v.patience is not None and self.stale >= v.patience
-        return any_true(stop, self.device) if self.dist.world_size > 1 else stop
+        return improved, v.patience is not None and self.stale >= v.patience
+
+    def write_best(self) -> None:
+        """``best.pt``: the module's weights now (called at the best step, after ``last.pt``)."""
+        if self.dist.is_main:
+            payload = {
+                "method": self.method.state_dict(),
+                "step": self.step,
+                "scores": self.best_scores,
+                "meta": self.meta,
+            }
+            save_checkpoint(self.best_path, payload)
 
     def start_fresh(self) -> None:
-        """Forget an earlier run in ``out_dir``: its metrics log and best weights (``last.pt``
-        is overwritten by the first checkpoint)."""
+        """Forget an earlier run in ``out_dir``: its checkpoint, metrics log and best weights."""
         if self.dist.is_main:
-            self.metrics.path.unlink(missing_ok=True)
-            self.best_path.unlink(missing_ok=True)
+            for path in (self.checkpoint_path, self.metrics.path, self.best_path):
+                path.unlink(missing_ok=True)
+
+    def _best_file_step(self) -> int | None:
+        if not self.best_path.is_file():
+            return None
+        return int(load_checkpoint(self.best_path)["step"])
 
     def restore_best(self) -> int:
         """Load this run's best validated weights (``best.pt``) into the module; returns their
@@ -421,8 +443,8 @@ class Trainer:
         ckpt = load_checkpoint(self.best_path)
         if int(ckpt["step"]) != self.best_step:
             raise RuntimeError(
-                f"{self.best_path} holds step {ckpt['step']}, but the best validation was at "
-                f"step {self.best_step} (an interrupted save?): resume the run to redo it"
+                f"{self.best_path} holds step {ckpt['step']}, but this run's best validation was "
+                f"at step {self.best_step}: did another run write into {self.s.out_dir}?"
             )
         self.method.load_state_dict(ckpt["method"])
         return self.best_step
