@@ -210,3 +210,29 @@ def test_windows_that_disagree_give_each_nucleus_once(
         assert (copies[inner] == 1).all(), np.bincount(copies[inner])
     else:
         assert (copies[inner] > 1).any()  # duplicates appear without the dedup step
+
+
+def test_a_tissue_corner_is_not_skipped_as_glass(data_dir: Path) -> None:
+    """A 30 x 30 px patch of real tissue inside an interior window's own part: 1.4 % of the
+    256 px window (glass by the 98 % rule for the whole window) but 3.5 % of its part, so the
+    window runs and the nuclei there are found; an all-glass slide runs no window."""
+    tissue = read_rgb(data_dir / "nuclei" / "hgsc_nest.jpg")
+    canvas = np.full((600, 600, 3), 245, np.uint8)
+    canvas[230:260, 230:260] = tissue[300:330, 300:330]  # owned by the window at (160, 160)
+
+    def reader(img: NDArray[np.uint8]):  # type: ignore[no-untyped-def]
+        def read(x: int, y: int, size: int) -> NDArray[np.uint8]:
+            tile = np.full((size, size, 3), 245, np.uint8)
+            part = img[y : y + size, x : x + size]
+            tile[: part.shape[0], : part.shape[1]] = part
+            return tile
+
+        return read
+
+    pred = NucleiPredictor(ThresholdNucleiModel(), window=256, overlap=96, progress=False)
+    found = list(pred.nuclei(reader(canvas), 600, 600, 1.0, (0.0, 0.0)))
+    assert pred.windows_run >= 1 and found
+    assert all(225 <= n.centroid[0] <= 265 and 225 <= n.centroid[1] <= 265 for n in found)
+    glass = NucleiPredictor(ThresholdNucleiModel(), window=256, overlap=96, progress=False)
+    assert not list(glass.nuclei(reader(np.full_like(canvas, 245)), 600, 600, 1.0, (0.0, 0.0)))
+    assert glass.windows_run == 0 and glass.windows_done == 16

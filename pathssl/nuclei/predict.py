@@ -153,10 +153,19 @@ class NucleiPredictor:
             for i in range(len(images))
         ]
 
+    def owned_part(self, img: NDArray[np.uint8], win: Window) -> NDArray[np.uint8]:
+        """The pixels of a window whose nuclei it may keep (its part, ``slack`` px beyond)."""
+        x0 = max(int(win.own_x[0] - win.x - self.slack), 0)
+        y0 = max(int(win.own_y[0] - win.y - self.slack), 0)
+        x1 = int(np.ceil(win.own_x[1] - win.x + self.slack))
+        y1 = int(np.ceil(win.own_y[1] - win.y + self.slack))
+        return img[y0:y1, x0:x1]
+
     def run(
         self, read: ReadFn, width: int, height: int, skip: Callable[[NDArray[np.uint8]], bool]
     ) -> Iterator[tuple[Window, Instances, NDArray[np.int64]]]:
-        """(window, its instances, kept ids) for every window, in batches."""
+        """(window, its instances, kept ids) for every window, in batches; ``skip`` looks at the
+        window's own part (:meth:`owned_part`): glass elsewhere in it is another window's."""
         from tqdm import tqdm
 
         plan = plan_windows(width, height, self.window, self.overlap)
@@ -166,7 +175,7 @@ class NucleiPredictor:
             for b in range(0, len(plan), self.batch_size):
                 wins = plan[b : b + self.batch_size]
                 imgs = np.stack([read(w.x, w.y, self.window) for w in wins])
-                todo = [i for i in range(len(wins)) if not skip(imgs[i])]
+                todo = [i for i in range(len(wins)) if not skip(self.owned_part(imgs[i], wins[i]))]
                 results = self.predict_batch(imgs[todo]) if todo else []
                 self.windows_run += len(todo)
                 for i, res in zip(todo, results, strict=True):
