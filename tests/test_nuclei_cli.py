@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -109,6 +111,35 @@ def test_train_predict_evaluate(
     )
     doc = json.loads((out / f"{cmu_slide.stem}.geojson").read_text())
     assert qupath_problems(doc, NAMES) == []
+
+    # a batch: a folder with an image, a slide and a broken slide; the bad one fails alone
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    shutil.copy(tmp_path / "tile.png", batch / "tile.png")
+    shutil.copy(data_dir / "slides" / "synthetic-small.svs", batch / "small.svs")
+    shutil.copy(data_dir / "slides" / "broken.svs", batch / "broken.svs")
+    args = ["nuclei", "predict", str(batch), "--checkpoint", str(ckpt), "--no-progress"]
+    out2 = tmp_path / "pred2"
+    assert main([*args, "--out", str(out2), "--assume-mpp", "0.5"]) == 1  # one input failed
+    rows = manifest(out2)
+    assert rows["broken"]["status"] == "failed" and rows["broken"]["error"]
+    assert rows["small"]["status"] == "done" and rows["tile"]["status"] == "done"
+    np.testing.assert_array_equal(np.load(out2 / "tile.npz")["inst"], maps["inst"])
+    assert not [p for p in out2.iterdir() if p.name.startswith(".")]  # no temporary left
+    before = (out2 / "tile.geojson").stat().st_mtime_ns
+    assert main([*args, "--out", str(out2), "--assume-mpp", "0.5"]) == 1  # broken still fails
+    rows = manifest(out2)
+    assert rows["tile"]["status"] == rows["small"]["status"] == "skipped"
+    assert (out2 / "tile.geojson").stat().st_mtime_ns == before
+    (batch / "broken.svs").unlink()
+    assert main([*args, "--out", str(out2), "--assume-mpp", "0.5", "--force"]) == 0
+    rows = manifest(out2)
+    assert set(rows) == {"tile", "small"} and rows["tile"]["status"] == "done"
+
+
+def manifest(out: Path) -> dict[str, dict[str, str]]:
+    with open(out / "nuclei_manifest.csv", newline="") as fh:
+        return {r["id"]: r for r in csv.DictReader(fh)}
 
 
 def test_evaluate_ground_truth_against_itself(

@@ -4,11 +4,13 @@
     train per a YAML config (``configs/nuclei/*.yaml``): writes ``OUT_DIR/nuclei.pt`` and
     ``metrics.jsonl``; with held-apart data (``data.val_region``) prints its metrics.
     Library: ``pathssl.nuclei.train.train_nuclei(cfg)``.
-``pathssl nuclei predict IMAGE_OR_SLIDE --checkpoint nuclei.pt --out OUT_DIR``
-    an image (.png/.jpg, at the model's mpp unless ``--mpp``): ``STEM.npz`` (``inst``, ``types``
-    maps), ``STEM.geojson`` and ``STEM_overlay.png``; a slide: ``STEM.geojson`` (QuPath
-    detections, level-0 coordinates) and ``STEM_overlay.png``, streamed window by window.
-    Library: ``pathssl.nuclei.predict.NucleiPredictor`` / ``predict_slide``.
+``pathssl nuclei predict IMAGE_OR_SLIDE_OR_FOLDER... --checkpoint nuclei.pt --out OUT_DIR``
+    an image (.png/.jpg, at the model's mpp unless ``--mpp``): ``ID.npz`` (``inst``, ``types``
+    maps), ``ID.geojson`` and ``ID_overlay.png``; a slide: ``ID.geojson`` (QuPath detections,
+    level-0 coordinates) and ``ID_overlay.png``, streamed window by window. Folders are searched
+    recursively; a failed input is reported and the rest go on (exit code 1); inputs whose
+    outputs exist are skipped (``--force``); ``nuclei_manifest.csv`` lists every input.
+    Library: ``pathssl.nuclei.batch.predict_inputs``, ``pathssl.nuclei.predict.predict_slide``.
 ``pathssl nuclei evaluate --pred A.npz [B.npz ...] --true A_true.npz [...] [--out m.json]``
     JSON metrics: PQ/SQ/DQ, per-class PQ and CoNIC mPQ+, AJI, AJI+, Dice, DICE2, detection F1
     (``--radius``, 12 px). ``.npz`` files hold ``inst`` and ``types`` (or ``nuc_raster``;
@@ -29,8 +31,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="nuclei_command", metavar="{train,predict,evaluate,...}")
@@ -38,8 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     p.add_argument("--no-progress", action="store_true")
-    p = sub.add_parser("predict", help="nuclei of an image or a whole-slide image")
-    p.add_argument("input", help="image (.png/.jpg) or slide")
+    p = sub.add_parser("predict", help="nuclei of images and whole-slide images")
+    p.add_argument("input", nargs="+", help="images (.png/.jpg), slides, or folders of them")
+    p.add_argument("--force", action="store_true", help="redo inputs whose outputs exist")
     p.add_argument("--checkpoint", required=True, help="nuclei checkpoint (nuclei.pt)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--mpp", type=float, default=None, help="image um/px (default: the model's)")
@@ -205,19 +206,14 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    import cv2
-    import numpy as np
-
-    from pathssl.heads.datasets import read_rgb
-    from pathssl.nuclei.geojson import GeoJSONWriter, draw_overlay, write_png
-    from pathssl.nuclei.predict import NucleiPredictor, instances_to_nuclei, predict_slide
+    from pathssl.heads.postprocess import PostProcessConfig
+    from pathssl.nuclei.batch import predict_inputs
+    from pathssl.nuclei.predict import NucleiPredictor
     from pathssl.nuclei.train import load_nuclei_model, pick_device
 
     device = pick_device(args.device)
     model, meta = load_nuclei_model(args.checkpoint, str(device))
     pcfg = meta["config"]["predict"]
-    from pathssl.heads.postprocess import PostProcessConfig
-
     predictor = NucleiPredictor(
         model,
         window=args.window or pcfg["window"],
@@ -227,42 +223,26 @@ def _predict(args: argparse.Namespace) -> int:
         postprocess_cfg=PostProcessConfig(**meta["config"]["postprocess"]),
         progress=not args.no_progress,
     )
-    src, out = Path(args.input), Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    names, mpp = list(meta["type_names"]), float(meta["mpp"])
-    if src.suffix.lower() in IMAGE_SUFFIXES:
-        image = read_rgb(src)
-        f = 1.0 if args.mpp is None else args.mpp / mpp  # model px per image px
-        h, w = image.shape[:2]
-        interp = cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR  # area-average when shrinking
-        small = (
-            image if f == 1 else cv2.resize(image, (round(w * f), round(h * f)), None, 0, 0, interp)
-        )
-        res = predictor.predict_image(np.asarray(small, np.uint8))
-        inst, types = res.inst, res.types
-        if f != 1:
-            inst = np.asarray(cv2.resize(inst, (w, h), interpolation=cv2.INTER_NEAREST), np.int32)
-            types = np.asarray(cv2.resize(types, (w, h), interpolation=cv2.INTER_NEAREST), np.int32)
-        np.savez_compressed(out / f"{src.stem}.npz", inst=inst, types=types)
-        nuclei = list(instances_to_nuclei(res, scale=1 / f))
-        with GeoJSONWriter(out / f"{src.stem}.geojson", names, args.mpp or mpp) as gw:
-            for nuc in nuclei:
-                gw.write(nuc)
-        write_png(out / f"{src.stem}_overlay.png", draw_overlay(image, nuclei, names))
-        print(f"{len(nuclei)} nuclei -> {out / src.stem}.npz/.geojson")
-        return 0
-    r = predict_slide(
+    rows = predict_inputs(
         predictor,
-        src,
-        out / f"{src.stem}.geojson",
-        names,
-        mpp,
+        args.input,
+        args.out,
+        list(meta["type_names"]),
+        float(meta["mpp"]),
+        image_mpp=args.mpp,
         region=tuple(args.region) if args.region else None,
-        overlay=out / f"{src.stem}_overlay.png",
         assume_mpp=args.assume_mpp,
+        force=args.force,
     )
-    print(f"{r.count} nuclei in {r.windows} windows -> {r.geojson}")
-    return 0
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "skipped", "failed")}
+    print(
+        f"{counts['done']} done, {counts['skipped']} skipped (outputs exist; --force redoes them), "
+        f"{counts['failed']} failed -> {Path(args.out) / 'nuclei_manifest.csv'}"
+    )
+    if not rows:
+        print("nuclei predict: error: no image or slide in the inputs", file=sys.stderr)
+        return 2
+    return 1 if counts["failed"] else 0
 
 
 def load_pannuke_truth(folder: str | Path) -> tuple[list[tuple[Any, Any]], list[str]]:

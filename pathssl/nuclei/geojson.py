@@ -224,10 +224,14 @@ def draw_overlay(
 
 
 def write_png(path: str | Path, rgb: NDArray[np.uint8]) -> Path:
+    """An RGB image as PNG, written to a temporary name and renamed (never a torn file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1])):
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
+    if not cv2.imwrite(str(tmp), np.ascontiguousarray(rgb[..., ::-1])):
+        tmp.unlink(missing_ok=True)
         raise OSError(f"cannot write {path}")
+    os.replace(tmp, path)
     return path
 
 
