@@ -158,8 +158,8 @@ def nuclei_config(out: Path, data: Path, steps: int, device: str) -> Any:
 
 def stage_nuclei(out: Path, data: Path, steps: int, device: str) -> dict[str, Any]:
     """Train the nuclei head and score it on the held-apart region (``val_metrics.json``)."""
-    from pathssl.commands.nuclei import nuclei_scores
     from pathssl.nuclei.label_efficiency import predict_images, validation_predictor
+    from pathssl.nuclei.scores import nuclei_scores
     from pathssl.nuclei.train import load_data, train_nuclei
 
     cfg = nuclei_config(out, data, steps, device)

@@ -195,7 +195,7 @@ def test_label_subsets_are_nested_and_cover(hgsc: LabelledImage) -> None:
 def test_config_rejects_unknown_keys() -> None:
     from pathssl.nuclei.config import config_from_dict, load_config
 
-    with pytest.raises(ValueError, match="unknown config key train.stepz"):
+    with pytest.raises(ValueError, match="unknown config key 'train.stepz'"):
         config_from_dict({"train": {"stepz": 3}})
     cfg = load_config(
         Path(__file__).parents[1] / "configs/nuclei/hgsc_resnet18_cpu.yaml",

@@ -84,86 +84,6 @@ def load_maps(path: str | Path, types_path: str | Path | None = None) -> tuple[A
     return inst, types
 
 
-def _nanmean(values: Sequence[float]) -> float:
-    import numpy as np
-
-    a = np.asarray(values, np.float64)
-    a = a[~np.isnan(a)]
-    return float(a.mean()) if a.size else float("nan")
-
-
-def nuclei_scores(
-    trues: Sequence[tuple[Any, Any]],
-    preds: Sequence[tuple[Any, Any]],
-    tissues: Sequence[str] | None = None,
-    radius: float = 12.0,
-) -> dict:
-    """Metrics over images (see :mod:`pathssl.eval.metrics` for each convention):
-
-    ``pq``/``sq``/``dq`` from TP/FP/FN/IoU summed over images; ``pq_image_mean`` the mean of
-    per-image PQ (HoVer-Net ``compute_stats``); ``mpq_plus`` CoNIC aggregated mPQ+ and
-    ``per_class_pq``; AJI/AJI+/Dice/DICE2 image means; detection F1 within ``radius`` px (12 px:
-    HoVer-Net's, at 40x ~3 um; use 6 px at 20x) from summed pairings, per-class F1 in
-    ``detection``; with one ``tissues`` name per image, ``pannuke``: PanNuke mPQ / bPQ (per image,
-    nan-mean per tissue, mean over tissues) and per tissue."""
-    import numpy as np
-
-    from pathssl.eval import detection as D
-    from pathssl.eval import metrics as M
-
-    if len(trues) != len(preds) or not trues:
-        raise ValueError(f"{len(preds)} predictions for {len(trues)} labelled images")
-    results, dets, ajis, ajips, dices, dice2s = [], [], [], [], [], []
-    classes = sorted({int(c) for _, tt in trues for c in np.unique(tt)} - {0})
-    for (ti, tt), (pi, pt) in zip(trues, preds, strict=True):
-        if np.shape(ti) != np.shape(pi):
-            raise ValueError(f"prediction {np.shape(pi)} and labels {np.shape(ti)} differ in size")
-        results.append(M.panoptic_quality(ti, pi, tt, pt, classes=classes))
-        dets.append(D.detection_counts(ti, pi, tt, pt, radius=radius))
-        ajis.append(M.aji(ti, pi))
-        ajips.append(M.aji_plus(ti, pi))
-        dices.append(M.dice(ti, pi))
-        dice2s.append(M.dice2(ti, pi))
-    agg = M.conic_pq(results, classes)
-    det = D.detection_scores(dets, classes)
-    out: dict[str, Any] = {
-        "images": len(results),
-        "pq": agg.binary.pq,
-        "sq": agg.binary.sq,
-        "dq": agg.binary.dq,
-        "pq_image_mean": agg.pq,
-        "mpq_plus": agg.mpq_plus,
-        "per_class_pq": {str(c): v.pq for c, v in agg.per_class.items()},
-        "aji": _nanmean(ajis),
-        "aji_plus": _nanmean(ajips),
-        "dice": _nanmean(dices),
-        "dice2": _nanmean(dice2s),
-        "f1_detection": det.f1,
-        "detection_radius_px": radius,
-        "detection": det.as_dict(),
-        "counts": agg.binary.as_dict(),
-    }
-    if tissues is not None:
-        pn = M.pannuke_pq(results, list(tissues), classes)
-        out["pannuke"] = {
-            "mpq": pn.mpq,
-            "bpq": pn.bpq,
-            "per_tissue": {t: {"mpq": m, "bpq": b} for t, (m, b) in pn.per_tissue.items()},
-            "per_class_pq": {str(c): v for c, v in pn.per_class.items()},
-        }
-    return out
-
-
-def _score_instances(images: Sequence[Any], preds: Sequence[Any]) -> dict:
-    """Scores of labelled images (PanNuke mPQ/bPQ too when every image names its tissue)."""
-    tissues = [i.tissue for i in images]
-    return nuclei_scores(
-        [(i.inst, i.types) for i in images],
-        [(p.inst, p.types) for p in preds],
-        tissues if all(tissues) else None,
-    )
-
-
 def run(args: argparse.Namespace) -> int:
     cmd = getattr(args, "nuclei_command", None)
     handlers = {
@@ -185,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from pathssl.nuclei.config import load_config
     from pathssl.nuclei.label_efficiency import predict_images, validation_predictor
+    from pathssl.nuclei.scores import score_images
     from pathssl.nuclei.train import load_data, train_nuclei
 
     cfg = load_config(args.config, args.overrides)
@@ -198,7 +119,7 @@ def _train(args: argparse.Namespace) -> int:
     _, val = load_data(cfg.data)
     if val:
         pred = validation_predictor(res.model, cfg)
-        scores = _score_instances(val, predict_images(pred, val))
+        scores = score_images(val, predict_images(pred, val))
         path = Path(cfg.train.out_dir) / "val_metrics.json"
         path.write_text(json.dumps(scores, indent=2))
         print(json.dumps({k: scores[k] for k in ("pq", "mpq_plus", "aji", "f1_detection")}))
@@ -278,6 +199,8 @@ def load_predictions(paths: Sequence[str]) -> list[tuple[Any, Any]]:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from pathssl.nuclei.scores import nuclei_scores
+
     tissues = None
     if len(args.true) == 1 and Path(args.true[0]).is_dir():
         trues, names = load_pannuke_truth(args.true[0])
@@ -304,9 +227,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _label_efficiency(args: argparse.Namespace) -> int:
     from pathssl.nuclei.config import load_config
     from pathssl.nuclei.label_efficiency import run_label_efficiency
+    from pathssl.nuclei.scores import score_images
 
     cfg = load_config(args.config, args.overrides)
-    report = run_label_efficiency(cfg, _score_instances, progress=not args.no_progress)
+    report = run_label_efficiency(cfg, score_images, progress=not args.no_progress)
     for r in report["runs"]:
         print(f"{r['fraction']:>5.0%}: PQ {r['pq']:.3f}  mPQ+ {r.get('mpq_plus')}")
     print(f"-> {Path(cfg.train.out_dir) / 'label_efficiency.json'}")

@@ -86,7 +86,8 @@ def _ratio(num: float, den: float) -> float:
     return float(num) / float(den) if den > 0 else float("nan")
 
 
-def _nanmean(values: Sequence[float] | NDArray[np.float64]) -> float:
+def nanmean(values: Sequence[float] | NDArray[np.float64]) -> float:
+    """Mean of the non-NaN values (NaN when there are none), without a warning."""
     arr = np.asarray(values, dtype=np.float64)
     arr = arr[~np.isnan(arr)]
     return float(arr.mean()) if arr.size else float("nan")
@@ -255,18 +256,18 @@ def pannuke_pq(
         [[image_pq(r.per_class.get(int(c), PQCounts())) for c in classes] for r in results],
         dtype=np.float64,
     ).reshape(len(results), len(classes))
-    mpq_img = np.array([_nanmean(row) for row in class_pq])
+    mpq_img = np.array([nanmean(row) for row in class_pq])
     bpq_img = np.array([image_pq(r.binary) for r in results])
     tissue_arr = np.asarray(tissues)
     per_tissue: dict[str, tuple[float, float]] = {}
     for t in dict.fromkeys(tissues):
         sel = tissue_arr == t
-        per_tissue[str(t)] = (_nanmean(mpq_img[sel]), _nanmean(bpq_img[sel]))
+        per_tissue[str(t)] = (nanmean(mpq_img[sel]), nanmean(bpq_img[sel]))
     return PanNukeScores(
-        mpq=_nanmean([v[0] for v in per_tissue.values()]),
-        bpq=_nanmean([v[1] for v in per_tissue.values()]),
+        mpq=nanmean([v[0] for v in per_tissue.values()]),
+        bpq=nanmean([v[1] for v in per_tissue.values()]),
         per_tissue=per_tissue,
-        per_class={int(c): _nanmean(class_pq[:, k]) for k, c in enumerate(classes)},
+        per_class={int(c): nanmean(class_pq[:, k]) for k, c in enumerate(classes)},
     )
 
 

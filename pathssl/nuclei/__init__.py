@@ -3,6 +3,6 @@ whole-slide inference with window stitching (:mod:`.predict`), QuPath GeoJSON an
 (:mod:`.geojson`), label-efficiency runs (:mod:`.label_efficiency`) and a training-free
 threshold baseline (:mod:`.baseline`). Import the submodules you need (they import torch).
 
-Validation during training scores with :mod:`pathssl.eval.metrics` (a layer below);
-label-efficiency runs take their scoring function as an argument.
+:mod:`.scores` holds the one set of metrics over images that the CLI, the demo, label-efficiency
+runs and in-training validation report (conventions in :mod:`pathssl.eval.metrics`).
 """

@@ -1,7 +1,8 @@
 """Nuclei training configuration: dataclasses from YAML plus ``key=value`` overrides.
 
-``load_config("configs/nuclei/hgsc_resnet18_cpu.yaml", ["train.steps=50"])``. Unknown keys fail
-with a ``ValueError`` naming the key and the valid ones.
+``load_config("configs/nuclei/hgsc_resnet18_cpu.yaml", ["train.steps=50"])``. Parsing and
+checking are pretraining's (:mod:`pathssl.train.config`): unknown keys and wrong types fail with
+a ``ConfigError`` (a ``ValueError``) naming the key and the valid ones.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import yaml
 
 from pathssl.heads.postprocess import PostProcessConfig
+from pathssl.train.config import apply_override, from_dict
 
 
 @dataclass
@@ -116,22 +118,9 @@ class NucleiConfig:
     fractions: list[float] = field(default_factory=lambda: [0.1, 0.3, 1.0])
 
 
-def _build(cls: Any, values: dict[str, Any], prefix: str) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in (values or {}).items():
-        if key not in fields:
-            raise ValueError(f"unknown config key {prefix}{key}; valid: {', '.join(fields)}")
-        factory = fields[key].default_factory
-        sub = None if factory is dataclasses.MISSING else factory
-        if sub is not None and dataclasses.is_dataclass(sub) and isinstance(value, dict):
-            value = _build(sub, value, f"{prefix}{key}.")
-        kwargs[key] = value
-    return cls(**kwargs)
-
-
 def config_from_dict(values: dict[str, Any]) -> NucleiConfig:
-    cfg: NucleiConfig = _build(NucleiConfig, values, "")
+    """A config from nested dicts; every key and type checked (``pathssl.train.config``)."""
+    cfg: NucleiConfig = from_dict(NucleiConfig, values or {})
     return cfg
 
 
@@ -139,14 +128,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> NucleiC
     """YAML file + ``section.key=value`` overrides (values parsed as YAML)."""
     values = yaml.safe_load(Path(path).read_text()) or {}
     for item in overrides or []:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ValueError(f"override {item!r} is not key=value")
-        node = values
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = yaml.safe_load(raw)
+        apply_override(values, item)
     return config_from_dict(values)
 
 

@@ -24,8 +24,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pathssl.eval.detection import detection_counts, detection_scores
-from pathssl.eval.metrics import conic_pq, panoptic_quality
 from pathssl.heads.datasets import (
     LabelledImage,
     NucleiCropDataset,
@@ -254,25 +252,17 @@ def validation_scores(
     model: NucleiModel, images: Sequence[LabelledImage], cfg: NucleiConfig, device: torch.device
 ) -> dict[str, float]:
     """Predict each held-apart image (windows as ``cfg.predict``, post-processing as
-    ``cfg.postprocess``) and score all of them together: ``pq`` (binary PQ from counts summed
-    over images), ``mpq_plus`` (CoNIC aggregated), ``f1_detection`` (12 px), ``nuclei``."""
+    ``cfg.postprocess``) and score them together (:func:`pathssl.nuclei.scores.score_images`,
+    every configured type): ``pq`` (binary PQ from counts summed over images), ``mpq_plus``
+    (CoNIC aggregated), ``f1_detection`` (12 px), ``nuclei`` (how many were found)."""
     from pathssl.nuclei.predict import configured_predictor
+    from pathssl.nuclei.scores import score_images
 
     predictor = configured_predictor(model, cfg, device)
-    classes = list(range(1, len(cfg.data.type_names) + 1))
-    results, counts, n = [], [], 0
-    for im in images:
-        pred = predictor.predict_image(im.image)
-        n += len(pred)
-        results.append(panoptic_quality(im.inst, pred.inst, im.types, pred.types, classes))
-        counts.append(detection_counts(im.inst, pred.inst, im.types, pred.types))
-    agg = conic_pq(results, classes)
-    return {
-        "pq": agg.binary.pq,
-        "mpq_plus": agg.mpq_plus,
-        "f1_detection": detection_scores(counts, classes).f1,
-        "nuclei": float(n),
-    }
+    preds = [predictor.predict_image(im.image) for im in images]
+    s = score_images(images, preds, classes=range(1, len(cfg.data.type_names) + 1))
+    keys = ("pq", "mpq_plus", "f1_detection")
+    return {**{k: float(s[k]) for k in keys}, "nuclei": float(sum(len(p) for p in preds))}
 
 
 def _bf16(precision: str, device: torch.device) -> bool:
