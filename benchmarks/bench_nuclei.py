@@ -37,10 +37,13 @@ REPO = HERE.parent
 def run_one(args: argparse.Namespace) -> dict[str, object]:
     import torch
 
-    from pathssl.heads.hovernet import build_nuclei_model
-    from pathssl.nuclei.baseline import ThresholdNucleiModel
+    from pathssl.nuclei.model import build_nuclei_model
     from pathssl.nuclei.predict import NucleiPredictor, predict_slide
-    from pathssl.nuclei.train import load_nuclei_model, pick_device
+    from pathssl.nuclei.train import load_nuclei_model
+    from pathssl.train.distributed import pick_device
+
+    sys.path.insert(0, str(REPO / "tests"))  # the tests' training-free reference model
+    from threshold_model import ThresholdNucleiModel
 
     if args.reader_cache_mb is not None:  # bound tiling's decoded-tile cache (default 160 MB)
         from tiling.readers import TiffJpegReader

@@ -179,7 +179,7 @@ def stage_nuclei(out: Path, data: Path, steps: int, device: str) -> dict[str, An
 
 def stage_predict(out: Path, data: Path, device: str) -> dict[str, Any]:
     """Nuclei of the CMU slide with the trained head: GeoJSON + overlay PNG."""
-    from pathssl.heads.postprocess import PostProcessConfig
+    from pathssl.nuclei.postprocess import PostProcessConfig
     from pathssl.nuclei.predict import NucleiPredictor, predict_slide
     from pathssl.nuclei.train import load_nuclei_model
 

@@ -4,6 +4,6 @@ Heavy dependencies (torch, albumentations, monai) are imported lazily by the sub
 them, so ``import pathssl`` and the ``pathssl tile`` command stay light.
 """
 
-from tiling import __version__
+__version__ = "0.1.0"
 
 __all__ = ["__version__"]

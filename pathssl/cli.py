@@ -35,7 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tiling import __version__
+    from pathssl import __version__
 
     parser = argparse.ArgumentParser(
         prog="pathssl",

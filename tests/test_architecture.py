@@ -19,11 +19,9 @@ LAYERS: dict[str, int] = {
     "pathssl.augment": 3,
     "pathssl.models": 3,
     "pathssl.ssl": 4,
-    "pathssl.heads": 4,
     "pathssl.train": 5,
     "pathssl.eval": 6,  # fine-tuning runs through pathssl.train's loop
-    "pathssl.export": 5,
-    "pathssl.nuclei": 7,  # validation scores with pathssl.eval.metrics
+    "pathssl.nuclei": 7,  # data, model, training and inference of the nuclei stage
     "pathssl.commands": 8,
     "pathssl.cli": 8,
 }
@@ -51,14 +49,59 @@ def _modules() -> list[tuple[str, Path]]:
     return out
 
 
-def _imports(path: Path) -> list[str]:
+def _imports(path: Path, module: str = "") -> list[str]:
+    """Absolute names of everything ``path`` (the module ``module``) imports; relative imports
+    are resolved against the module's package."""
     names = []
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names.extend(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.append(node.module)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                if node.module:
+                    names.append(node.module)
+                continue
+            base = package[: len(package) - (node.level - 1)]
+            if node.module:
+                names.append(".".join([*base, node.module]))
+            else:
+                names.extend(".".join([*base, a.name]) for a in node.names)
     return names
+
+
+def test_layers_name_real_packages() -> None:
+    missing = [name for name in LAYERS if not _module_path(name)]
+    assert not missing, f"LAYERS names packages that do not exist: {missing}"
+
+
+def _module_path(name: str) -> Path | None:
+    base = REPO.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def test_every_package_module_has_a_layer() -> None:
+    unplaced = [m for m, _ in _modules() if _layer_of(m) is None and m != "pathssl"]
+    assert not unplaced, f"modules outside every layer: {unplaced}"
+
+
+def test_relative_imports_are_resolved(tmp_path: Path) -> None:
+    """``from ..x import y`` counts like ``from pathssl.x import y`` (it used to be skipped)."""
+    init = tmp_path / "__init__.py"
+    init.write_text(
+        "from ..train import loop\nfrom .model import NucleiModel\nfrom . import data\n"
+    )
+    mod = tmp_path / "predict.py"
+    mod.write_text("from ..commands import cli\nfrom .stitch import x\n")
+    assert _imports(init, "pathssl.nuclei") == [
+        "pathssl.train",
+        "pathssl.nuclei.model",
+        "pathssl.nuclei.data",
+    ]
+    assert _imports(mod, "pathssl.nuclei.predict") == ["pathssl.commands", "pathssl.nuclei.stitch"]
 
 
 def test_dependencies_flow_one_way() -> None:
@@ -67,7 +110,7 @@ def test_dependencies_flow_one_way() -> None:
         own = _layer_of(module)
         if own is None:
             continue
-        for imported in _imports(path):
+        for imported in _imports(path, module):
             other = _layer_of(imported)
             if other is None or other[0] == own[0]:
                 continue
@@ -80,7 +123,7 @@ def test_tiling_never_mentions_torch_or_pathssl() -> None:
     for module, path in _modules():
         if module.split(".")[0] != "tiling":
             continue
-        for imported in _imports(path):
+        for imported in _imports(path, module):
             root = imported.split(".")[0]
             assert root not in {"torch", "torchvision", "pathssl", "monai", "albumentations"}, (
                 f"{module} imports {imported}"

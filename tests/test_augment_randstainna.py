@@ -114,8 +114,6 @@ def test_compute_stain_stats_from_stores_and_yaml_roundtrip(tiles, tmp_path):
 
 
 def test_stain_stats_command_on_a_tiled_slide(cmu_slide, tmp_path):
-    for module in ("tiling.pipeline", "tiling.qc"):
-        pytest.importorskip(module, reason="the tiling stage is not finished yet")
     from pathssl.cli import main
     from tiling import tile_slides
 

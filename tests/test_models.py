@@ -9,7 +9,8 @@ import pytest
 import torch
 import torchvision
 
-from pathssl.models import BACKBONES, DINOHead, MLPHead, ViTBackbone, build_backbone
+from pathssl.models import BACKBONES, ViTBackbone, build_backbone
+from pathssl.ssl.heads import DINOHead, MLPHead
 
 
 @pytest.fixture(autouse=True)

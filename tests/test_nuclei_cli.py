@@ -261,7 +261,7 @@ def test_evaluate_a_pannuke_fold(tmp_path: Path, data_dir: Path) -> None:
         masks[n, ..., 5] = ci == 0
     np.save(fold / "masks.npy", masks)
     np.save(fold / "types.npy", np.array(["A", "A", "B"]))
-    from pathssl.heads.datasets import pannuke_maps
+    from pathssl.nuclei.data import pannuke_maps
 
     maps = [pannuke_maps(m) for m in masks]
     pred_inst = np.stack([maps[0][0], maps[1][0], np.zeros((256, 256), np.int32)])

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy.io import savemat
 
-from pathssl.heads.datasets import LabelledImage, load_npz_pair
 from pathssl.nuclei.config import DataConfig
+from pathssl.nuclei.data import LabelledImage, load_npz_pair
 from pathssl.nuclei.train import load_data, split_images
 
 TYPES = ["connective", "inflammatory", "neoplastic"]
@@ -130,7 +130,7 @@ def _write_pannuke(folder: Path, crops: list[LabelledImage]) -> None:
 
 
 def test_pannuke_folds_stay_lazy(tmp_path: Path, hgsc: LabelledImage) -> None:
-    from pathssl.heads.datasets import NucleiCropDataset, PanNukeFold, load_pannuke
+    from pathssl.nuclei.data import NucleiCropDataset, PanNukeFold, load_pannuke
     from pathssl.nuclei.train import subset_labels
 
     crops = _crops(hgsc, 6, ["A", "B"])

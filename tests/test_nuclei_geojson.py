@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pathssl.heads.postprocess import describe
 from pathssl.nuclei.geojson import (
     GeoJSONWriter,
     Nucleus,
@@ -20,6 +19,7 @@ from pathssl.nuclei.geojson import (
     qupath_problems,
     ring_is_valid,
 )
+from pathssl.nuclei.postprocess import describe
 from pathssl.nuclei.predict import instances_to_nuclei
 
 

@@ -10,7 +10,8 @@ import torch
 from scipy.io import savemat
 
 from pathssl.augment.geometry import dihedral
-from pathssl.heads.datasets import (
+from pathssl.models.backbones import build_backbone, trunk_state_dict
+from pathssl.nuclei.data import (
     LabelledImage,
     NucleiCropDataset,
     load_mat_labels,
@@ -18,8 +19,7 @@ from pathssl.heads.datasets import (
     load_pannuke,
     pannuke_maps,
 )
-from pathssl.heads.hovernet import HV_KEY, NP_KEY, TP_KEY, build_nuclei_model
-from pathssl.models.backbones import build_backbone, trunk_state_dict
+from pathssl.nuclei.model import HV_KEY, NP_KEY, TP_KEY, build_nuclei_model
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,8 @@ import torch
 
 from pathssl.nuclei.config import config_from_dict
 from pathssl.nuclei.train import train_nuclei
+from pathssl.train.logger import read_metrics
 from pathssl.train.loop import Trainer
-from pathssl.train.metrics import read_metrics
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 

@@ -10,16 +10,16 @@ import pytest
 import torch
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
+from threshold_model import ThresholdNucleiModel
 
 from pathssl.eval.instances import instance_overlap
 from pathssl.eval.metrics import panoptic_quality
-from pathssl.heads.datasets import read_rgb
-from pathssl.heads.hovernet import HV_KEY, NP_KEY
-from pathssl.heads.postprocess import Instances, describe
-from pathssl.heads.targets import make_targets
-from pathssl.nuclei.baseline import ThresholdNucleiModel
+from pathssl.nuclei.data import read_rgb
+from pathssl.nuclei.model import HV_KEY, NP_KEY
+from pathssl.nuclei.postprocess import Instances, describe
 from pathssl.nuclei.predict import NucleiPredictor, plan_windows, window_origins
 from pathssl.nuclei.stitch import BorderDedup
+from pathssl.nuclei.targets import make_targets
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from pathssl.eval.metrics import panoptic_quality
-from pathssl.heads.hovernet import HV_KEY, NP_KEY, TP_KEY
-from pathssl.heads.loss import HoVerNetCriterion
-from pathssl.heads.postprocess import PostProcessConfig, postprocess
-from pathssl.heads.targets import hover_maps, hover_maps_monai, make_targets
+from pathssl.nuclei.loss import HoVerNetCriterion
+from pathssl.nuclei.model import HV_KEY, NP_KEY, TP_KEY
+from pathssl.nuclei.postprocess import PostProcessConfig, postprocess
+from pathssl.nuclei.targets import hover_maps, hover_maps_monai, make_targets
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from threshold_model import ThresholdNucleiModel
 
-from pathssl.heads.hovernet import build_nuclei_model
-from pathssl.nuclei.baseline import ThresholdNucleiModel
 from pathssl.nuclei.geojson import qupath_problems
+from pathssl.nuclei.model import build_nuclei_model
 from pathssl.nuclei.predict import NucleiPredictor, predict_slide
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")

@@ -12,7 +12,7 @@ import torch
 
 from pathssl.ssl import METHODS
 from pathssl.train import build_trainer, load_checkpoint, load_config
-from pathssl.train.metrics import read_metrics
+from pathssl.train.logger import read_metrics
 
 # small heads / views for the CPU; backbones: ViT-only methods and a few others on vit_tiny
 TINY: dict[str, dict[str, Any]] = {

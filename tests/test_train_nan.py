@@ -12,7 +12,7 @@ from test_train_methods import tiny_overrides
 from torch import nn
 
 from pathssl.train import Trainer, TrainingDiverged, build_trainer, load_config
-from pathssl.train.metrics import read_metrics
+from pathssl.train.logger import read_metrics
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import torch
 from test_train_methods import tiny_overrides
 
 from pathssl.train import load_checkpoint
-from pathssl.train.metrics import read_metrics
+from pathssl.train.logger import read_metrics
 
 STEPS = 10
 

@@ -10,8 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from pathssl.data.sampler import ResumableSampler
+from pathssl.train.logger import read_metrics
 from pathssl.train.loop import LoopSettings, SupervisedStep, Trainer, Validation
-from pathssl.train.metrics import read_metrics
 
 
 class Regressor(nn.Module):

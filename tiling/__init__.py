@@ -14,7 +14,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+
+def _version() -> str:
+    """The pathssl distribution's version (pathssl owns it; tiling ships inside it)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pathssl")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "0+unknown"
+
+
+__version__ = _version()
 
 __all__ = [
     "__version__",

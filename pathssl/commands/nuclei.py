@@ -70,7 +70,7 @@ def load_maps(path: str | Path, types_path: str | Path | None = None) -> tuple[A
     """(instance map, type map) from our ``.npz`` (inst/types), a ``nuc_raster`` pair or .mat."""
     import numpy as np
 
-    from pathssl.heads.datasets import load_mat_labels
+    from pathssl.nuclei.data import load_mat_labels
 
     if str(path).endswith(".mat"):
         return load_mat_labels(path)
@@ -127,10 +127,11 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from pathssl.heads.postprocess import PostProcessConfig
     from pathssl.nuclei.batch import predict_inputs
+    from pathssl.nuclei.postprocess import PostProcessConfig
     from pathssl.nuclei.predict import NucleiPredictor
-    from pathssl.nuclei.train import load_nuclei_model, pick_device
+    from pathssl.nuclei.train import load_nuclei_model
+    from pathssl.train.distributed import pick_device
 
     device = pick_device(args.device)
     model, meta = load_nuclei_model(args.checkpoint, str(device))
@@ -172,7 +173,7 @@ def load_pannuke_truth(folder: str | Path) -> tuple[list[tuple[Any, Any]], list[
     memory-mapped array. PanNuke's own five type ids; ``--true-types`` does not apply."""
     import numpy as np
 
-    from pathssl.heads.datasets import pannuke_maps
+    from pathssl.nuclei.data import pannuke_maps
 
     folder = Path(folder)
     masks = np.load(folder / "masks.npy", mmap_mode="r")

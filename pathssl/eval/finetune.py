@@ -28,8 +28,8 @@ from pathssl.data.sampler import ResumableSampler
 from pathssl.eval.classification import classification_metrics
 from pathssl.eval.encoder import Encoder, feature_dim
 from pathssl.eval.probes import ProbeOutput
+from pathssl.train.logger import read_metrics
 from pathssl.train.loop import LoopSettings, SupervisedStep, Trainer, Validation
-from pathssl.train.metrics import read_metrics
 
 VAL_KEYS = ("balanced_accuracy", "accuracy", "macro_f1")
 

@@ -1,4 +1,5 @@
-"""Backbones (ResNet, ViT) by name and the heads SSL methods put on them."""
+"""Backbones (ResNet, ViT) by name; the projector heads SSL methods put on them live in
+:mod:`pathssl.ssl.heads`."""
 
 from pathssl.models.backbones import (
     BACKBONES,
@@ -7,12 +8,9 @@ from pathssl.models.backbones import (
     build_backbone,
     trunk_state_dict,
 )
-from pathssl.models.heads import DINOHead, MLPHead
 
 __all__ = [
     "BACKBONES",
-    "DINOHead",
-    "MLPHead",
     "ResNetBackbone",
     "ViTBackbone",
     "build_backbone",

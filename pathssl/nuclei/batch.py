@@ -20,7 +20,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pathssl.heads.datasets import read_rgb
+from pathssl.nuclei.data import read_rgb
 from pathssl.nuclei.geojson import GeoJSONWriter, draw_overlay, write_png
 from pathssl.nuclei.predict import NucleiPredictor, instances_to_nuclei, predict_slide
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from pathssl.heads.postprocess import PostProcessConfig
+from pathssl.nuclei.postprocess import PostProcessConfig
 from pathssl.train.config import apply_override, from_dict
 
 

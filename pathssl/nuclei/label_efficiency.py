@@ -21,11 +21,12 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from pathssl.heads.datasets import LabelledImage
-from pathssl.heads.postprocess import Instances
 from pathssl.nuclei.config import NucleiConfig
+from pathssl.nuclei.data import LabelledImage
+from pathssl.nuclei.postprocess import Instances
 from pathssl.nuclei.predict import NucleiPredictor, configured_predictor
-from pathssl.nuclei.train import load_data, pick_device, subset_labels, train_nuclei
+from pathssl.nuclei.train import load_data, subset_labels, train_nuclei
+from pathssl.train.distributed import pick_device
 
 ScoreFn = Callable[[Sequence[LabelledImage], Sequence[Instances]], dict[str, Any]]
 

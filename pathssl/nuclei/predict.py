@@ -26,10 +26,10 @@ from numpy.typing import NDArray
 from scipy import ndimage as ndi
 from torch import nn
 
-from pathssl.heads.hovernet import HV_KEY, NP_KEY, TP_KEY
-from pathssl.heads.postprocess import Instances, PostProcessConfig, postprocess
 from pathssl.nuclei.config import NucleiConfig
 from pathssl.nuclei.geojson import Nucleus, mask_ring
+from pathssl.nuclei.model import HV_KEY, NP_KEY, TP_KEY
+from pathssl.nuclei.postprocess import Instances, PostProcessConfig, postprocess
 from pathssl.nuclei.stitch import BorderDedup
 
 ReadFn = Callable[[int, int, int], NDArray[np.uint8]]  # (x, y, size) -> (size, size, 3)
@@ -114,7 +114,7 @@ def kept_ids(res: Instances, win: Window, window: int, slack: float = 0.0) -> ND
 
 class NucleiPredictor:
     """Runs a nuclei model over windows. ``model``: ``(B, 3, S, S)`` uint8 -> branch logits
-    (:class:`pathssl.heads.hovernet.NucleiModel`, or any module with that contract), moved to
+    (:class:`pathssl.nuclei.model.NucleiModel`, or any module with that contract), moved to
     ``device``; on CUDA the forward pass runs under bf16 autocast. Post-processing runs on the
     CPU, one window at a time."""
 

@@ -11,8 +11,8 @@ import numpy as np
 
 from pathssl.eval import detection as D
 from pathssl.eval import metrics as M
-from pathssl.heads.datasets import LabelledImage
-from pathssl.heads.postprocess import Instances
+from pathssl.nuclei.data import LabelledImage
+from pathssl.nuclei.postprocess import Instances
 
 
 def nuclei_scores(

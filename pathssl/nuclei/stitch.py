@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
-from pathssl.heads.postprocess import Instances
+from pathssl.nuclei.postprocess import Instances
 
 CELL = 64  # px, spatial hash cell
 

@@ -24,7 +24,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pathssl.heads.datasets import (
+from pathssl.models.pretrained import read_pretrained
+from pathssl.nuclei.config import DataConfig, ModelConfig, NucleiConfig, as_dict
+from pathssl.nuclei.data import (
     LabelledImage,
     NucleiCropDataset,
     PanNukeFold,
@@ -32,25 +34,18 @@ from pathssl.heads.datasets import (
     load_mat_image,
     load_npz_pair,
 )
-from pathssl.heads.hovernet import NucleiModel, build_nuclei_model
-from pathssl.heads.loss import HoVerNetCriterion
-from pathssl.models.pretrained import read_pretrained
-from pathssl.nuclei.config import DataConfig, ModelConfig, NucleiConfig, as_dict
+from pathssl.nuclei.loss import HoVerNetCriterion
+from pathssl.nuclei.model import NucleiModel, build_nuclei_model
+from pathssl.train.distributed import pick_device, use_bf16
 from pathssl.train.loop import LoopSettings, SupervisedStep, Trainer, Validation
 
 CHECKPOINT = "nuclei.pt"
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def load_data(cfg: DataConfig) -> tuple[Sequence[LabelledImage], Sequence[LabelledImage]]:
     """(training images, held-apart validation images) as the config describes (see
     :class:`~pathssl.nuclei.config.DataConfig`); no pixel is in both. PanNuke folds stay lazy
-    (:class:`~pathssl.heads.datasets.PanNukeFold`)."""
+    (:class:`~pathssl.nuclei.data.PanNukeFold`)."""
     if cfg.format not in ("pannuke", "npz", "mat"):
         raise ValueError(f"data.format must be npz, pannuke or mat, got {cfg.format!r}")
     if cfg.format == "pannuke":
@@ -265,12 +260,6 @@ def validation_scores(
     return {**{k: float(s[k]) for k in keys}, "nuclei": float(sum(len(p) for p in preds))}
 
 
-def _bf16(precision: str, device: torch.device) -> bool:
-    if precision not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"train.precision must be auto, bf16 or fp32, got {precision!r}")
-    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
-
-
 def train_nuclei(
     cfg: NucleiConfig,
     train_images: Sequence[LabelledImage] | None = None,
@@ -333,7 +322,7 @@ def train_nuclei(
         out_dir=out_dir,
         ckpt_every=tc.ckpt_every,
         log_every=tc.log_every,
-        bf16=_bf16(tc.precision, device),
+        bf16=use_bf16(tc.precision, device),
         clip_grad=tc.clip_grad or None,  # 0 or null: no clipping
         progress=progress,
     )

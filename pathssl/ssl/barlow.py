@@ -7,8 +7,8 @@ import torch
 from torch import Tensor
 
 from pathssl.models.backbones import ResNetBackbone, ViTBackbone
-from pathssl.models.heads import MLPHead
 from pathssl.ssl.base import METHODS, SSLMethod, collapse_std
+from pathssl.ssl.heads import MLPHead
 from pathssl.ssl.losses import barlow_twins_loss
 
 

@@ -7,7 +7,6 @@ import torch
 from torch import Tensor, nn
 
 from pathssl.models.backbones import ResNetBackbone, ViTBackbone
-from pathssl.models.heads import MLPHead
 from pathssl.ssl.base import (
     METHODS,
     SSLMethod,
@@ -16,6 +15,7 @@ from pathssl.ssl.base import (
     ema_update,
     make_target,
 )
+from pathssl.ssl.heads import MLPHead
 from pathssl.ssl.losses import byol_loss
 
 

@@ -7,7 +7,6 @@ import torch
 from torch import Tensor, nn
 
 from pathssl.models.backbones import ResNetBackbone, ViTBackbone
-from pathssl.models.heads import DINOHead
 from pathssl.ssl import dist
 from pathssl.ssl.base import (
     METHODS,
@@ -18,6 +17,7 @@ from pathssl.ssl.base import (
     make_target,
     multi_crop_apply,
 )
+from pathssl.ssl.heads import DINOHead
 from pathssl.ssl.losses import dino_loss
 
 

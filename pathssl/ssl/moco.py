@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pathssl.models.backbones import ResNetBackbone, ViTBackbone
-from pathssl.models.heads import MLPHead
 from pathssl.ssl import dist
 from pathssl.ssl.base import (
     METHODS,
@@ -24,6 +23,7 @@ from pathssl.ssl.base import (
     ema_update,
     make_target,
 )
+from pathssl.ssl.heads import MLPHead
 from pathssl.ssl.losses import info_nce_queue, moco_v3_contrastive
 
 

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pathssl.models.backbones import ResNetBackbone, ViTBackbone
-from pathssl.models.heads import MLPHead
 from pathssl.ssl.base import METHODS, SSLMethod, collapse_std, multi_crop_apply
+from pathssl.ssl.heads import MLPHead
 from pathssl.ssl.losses import sinkhorn_knopp
 
 

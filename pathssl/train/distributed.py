@@ -20,6 +20,23 @@ class DistInfo:
         return self.rank == 0
 
 
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: the first CUDA device when there is one, else the CPU; otherwise ``name``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """The one precision rule: ``auto`` is bf16 autocast on CUDA and fp32 elsewhere."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
 def init_distributed(device: str = "auto") -> tuple[DistInfo, torch.device]:
     """Initialise ``torch.distributed`` when ``WORLD_SIZE`` > 1 (NCCL on CUDA, else gloo) and
     pick this process's device (``cuda:LOCAL_RANK``, ``cpu``, or ``device`` when given)."""

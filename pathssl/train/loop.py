@@ -38,7 +38,7 @@ from pathssl.train.checkpoint import (
     set_rng_state,
 )
 from pathssl.train.distributed import DistInfo, any_true
-from pathssl.train.metrics import MetricsLogger, truncate_metrics
+from pathssl.train.logger import MetricsLogger, truncate_metrics
 from pathssl.train.steps import SupervisedStep, ViewStep
 
 __all__ = [

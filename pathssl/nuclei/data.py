@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from pathssl.heads.targets import make_targets
+from pathssl.nuclei.targets import make_targets
 
 PANNUKE_TYPES = ("neoplastic", "inflammatory", "connective", "dead", "epithelial")
 HGSC_TYPES = ("connective", "inflammatory", "neoplastic")

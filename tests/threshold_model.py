@@ -1,6 +1,6 @@
 """A training-free, deterministic stand-in for a nuclei model: dark-pixel threshold.
 
-``ThresholdNucleiModel`` has the :class:`pathssl.heads.hovernet.NucleiModel` contract
+``ThresholdNucleiModel`` has the :class:`pathssl.nuclei.model.NucleiModel` contract
 (``(B, 3, S, S)`` uint8 -> NP / HV / TP logits) but no weights: nucleus pixels are those darker
 than ``threshold`` (mean of RGB) after a small opening, instances their connected components, HV
 maps computed from those components, one type. It finds real-looking nuclei on H&E without
@@ -15,8 +15,8 @@ import torch
 from scipy import ndimage as ndi
 from torch import Tensor, nn
 
-from pathssl.heads.hovernet import HV_KEY, NP_KEY, TP_KEY
-from pathssl.heads.targets import hover_maps
+from pathssl.nuclei.model import HV_KEY, NP_KEY, TP_KEY
+from pathssl.nuclei.targets import hover_maps
 
 
 class ThresholdNucleiModel(nn.Module):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pathssl.heads.hovernet import HV_KEY, NP_KEY, TP_KEY
+from pathssl.nuclei.model import HV_KEY, NP_KEY, TP_KEY
 
 
 class HoVerNetCriterion(nn.Module):
