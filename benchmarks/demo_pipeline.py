@@ -160,7 +160,8 @@ def stage_nuclei(out: Path, data: Path, steps: int, device: str) -> dict[str, An
     """Train the nuclei head and score it on the held-apart region (``val_metrics.json``)."""
     from pathssl.nuclei.label_efficiency import predict_images, validation_predictor
     from pathssl.nuclei.scores import nuclei_scores
-    from pathssl.nuclei.train import load_data, train_nuclei
+    from pathssl.nuclei.splits import load_data
+    from pathssl.nuclei.train import train_nuclei
 
     cfg = nuclei_config(out, data, steps, device)
     res = train_nuclei(cfg, progress=False)

@@ -24,7 +24,9 @@ for n in 1 2014 2_17 2_24 2_27 2_28 2_31 2_34; do
 done
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   "${platforms[@]}" -d .whl "${pins[@]}"
-mkdir -p .gpudata/tiles
-cp -r "$DATA/slides" "$DATA/nuclei" .gpudata/
+# only what gpu_check.sh reads (the device call carries at most 64 MiB with the wheels)
+mkdir -p .gpudata/tiles .gpudata/nuclei
+cp -r "$DATA/slides" .gpudata/
+cp "$DATA"/nuclei/hgsc_nest* .gpudata/nuclei/
 cp -r "$DATA/tiles/stain" .gpudata/tiles/
 du -sh .whl .gpudata

@@ -11,7 +11,7 @@ from scipy.io import savemat
 
 from pathssl.nuclei.config import DataConfig
 from pathssl.nuclei.data import LabelledImage, load_npz_pair
-from pathssl.nuclei.train import load_data, split_images
+from pathssl.nuclei.splits import load_data, split_images
 
 TYPES = ["connective", "inflammatory", "neoplastic"]
 
@@ -131,7 +131,7 @@ def _write_pannuke(folder: Path, crops: list[LabelledImage]) -> None:
 
 def test_pannuke_folds_stay_lazy(tmp_path: Path, hgsc: LabelledImage) -> None:
     from pathssl.nuclei.data import NucleiCropDataset, PanNukeFold, load_pannuke
-    from pathssl.nuclei.train import subset_labels
+    from pathssl.nuclei.splits import subset_labels
 
     crops = _crops(hgsc, 6, ["A", "B"])
     _write_pannuke(tmp_path / "fold1", crops)

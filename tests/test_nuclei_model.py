@@ -168,7 +168,7 @@ def test_stain_jitter_changes_colours_only(hgsc: LabelledImage) -> None:
 
 
 def test_label_subsets_are_nested_and_cover(hgsc: LabelledImage) -> None:
-    from pathssl.nuclei.train import subset_labels
+    from pathssl.nuclei.splits import subset_labels
 
     train = hgsc.region(0, 0, 1000, 1500)
     subsets = {f: subset_labels([train], f, 256, seed=1) for f in (0.1, 0.3, 1.0)}

@@ -86,7 +86,8 @@ def test_interrupted_run_resumes_exactly(
 def test_validation_keeps_the_best_scoring_weights(data_dir: Path, tmp_path: Path) -> None:
     """With train.val_every the loop scores the held-apart region; nuclei.pt holds the weights of
     the best validation PQ, and that PQ is what scoring those weights again gives."""
-    from pathssl.nuclei.train import load_data, load_nuclei_model, validation_scores
+    from pathssl.nuclei.splits import load_data
+    from pathssl.nuclei.train import load_nuclei_model, validation_scores
 
     cfg = tiny_config(data_dir, tmp_path / "val")
     cfg.data.val_region = [1000, 0, 256, 256]

@@ -19,7 +19,8 @@ import pytest
 from pathssl.eval.metrics import conic_pq, panoptic_quality
 from pathssl.nuclei.config import load_config
 from pathssl.nuclei.predict import NucleiPredictor
-from pathssl.nuclei.train import load_data, train_nuclei
+from pathssl.nuclei.splits import load_data
+from pathssl.nuclei.train import train_nuclei
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 CONFIG = Path(__file__).parents[1] / "configs" / "nuclei" / "hgsc_resnet18_cpu.yaml"

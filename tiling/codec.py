@@ -110,3 +110,14 @@ class ImageCodec(ArrayBytesCodec):
 
     def compute_encoded_size(self, input_byte_length: int, _chunk_spec: ArraySpec) -> int:
         raise NotImplementedError("image codec output size is data dependent")
+
+
+def _register() -> None:
+    """Register the codec by name too, so a source tree that was never pip-installed (no entry
+    point) still reads its stores; registering the same class twice is harmless."""
+    from zarr.registry import register_codec
+
+    register_codec(CODEC_NAME, ImageCodec)
+
+
+_register()

@@ -106,7 +106,8 @@ def _train(args: argparse.Namespace) -> int:
     from pathssl.nuclei.config import load_config
     from pathssl.nuclei.label_efficiency import predict_images, validation_predictor
     from pathssl.nuclei.scores import score_images
-    from pathssl.nuclei.train import load_data, train_nuclei
+    from pathssl.nuclei.splits import load_data
+    from pathssl.nuclei.train import train_nuclei
 
     cfg = load_config(args.config, args.overrides)
     res = train_nuclei(cfg, progress=not args.no_progress)

@@ -1,7 +1,7 @@
 """Label efficiency: the nuclei head trained on 10%, 30% and 100% of the labels, one command.
 
 Each run trains from the same initialisation and for the same number of steps on a nested subset
-of the labelled area (:func:`pathssl.nuclei.train.subset_labels`), is evaluated on the same
+of the labelled area (:func:`pathssl.nuclei.splits.subset_labels`), is evaluated on the same
 held-apart images, and the metric-vs-fraction curve is drawn as a PNG with OpenCV. The metric
 function is passed in (``score``: images + predictions -> ``{name: value}``), so this module does
 not depend on a particular metrics implementation; ``pathssl nuclei label-efficiency`` passes
@@ -25,7 +25,8 @@ from pathssl.nuclei.config import NucleiConfig
 from pathssl.nuclei.data import LabelledImage
 from pathssl.nuclei.postprocess import Instances
 from pathssl.nuclei.predict import NucleiPredictor, configured_predictor
-from pathssl.nuclei.train import load_data, subset_labels, train_nuclei
+from pathssl.nuclei.splits import load_data, subset_labels
+from pathssl.nuclei.train import train_nuclei
 from pathssl.train.distributed import pick_device
 
 ScoreFn = Callable[[Sequence[LabelledImage], Sequence[Instances]], dict[str, Any]]
@@ -89,7 +90,7 @@ def run_label_efficiency(
 
 def labelled_pixels(tiles: Sequence[LabelledImage]) -> int:
     """Distinct pixels under ``tiles`` (regions of one image, by ``name``, may overlap: the last
-    row and column of :func:`~pathssl.nuclei.train.subset_labels` are moved back to the
+    row and column of :func:`~pathssl.nuclei.splits.subset_labels` are moved back to the
     border)."""
     boxes: dict[str, list[tuple[int, int, int, int]]] = {}
     for t in tiles:
