@@ -15,16 +15,13 @@ $(BIN)/pathssl: pyproject.toml
 
 venv: $(BIN)/pathssl
 
-# The sample folder holds a deliberately broken slide and one without a resolution: the tiler
-# reports them as failed (exit code 1) and goes on; exit code 2 (bad arguments) stops the demo.
+# `pathssl demo` runs every stage (tiling, augmentation preview, SimCLR pretraining, kNN probe,
+# nuclei head, slide prediction) and writes $(DEMO_OUT)/report.html. The sample folder holds a
+# deliberately broken slide and one without a resolution: the demo reports them as failed and goes
+# on (exit code 1); exit code 2 (bad arguments or data) stops make.
 demo: venv
-	$(BIN)/pathssl tile $(DATA)/slides --out $(DEMO_OUT)/tiles --mpp 0.5 --size 224 --workers 2; \
+	$(BIN)/pathssl demo --out $(DEMO_OUT) --data $(DATA); \
 	  test $$? -le 1
-	$(BIN)/python -c "from tiling import open_store; print(open_store('$(DEMO_OUT)/tiles/CMU-1-Small-Region.zarr'))"
-	$(BIN)/pathssl augment-preview $(DEMO_OUT)/tiles/CMU-1-Small-Region.zarr --recipe simclr \
-	  --out $(DEMO_OUT)/augment-simclr.png
-	$(BIN)/python benchmarks/demo_pipeline.py --out $(DEMO_OUT) --data $(DATA) \
-	  --pretrain-steps 300 --nuclei-steps 300
 	@echo "Open $(DEMO_OUT)/report.html"
 
 lint: venv

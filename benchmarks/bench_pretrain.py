@@ -112,7 +112,7 @@ def run_case(
         f"data.stores=[{stores}]",
         f"data.batch_size={args.batch}",
         f"data.num_workers={args.workers}",
-        f"train.max_steps={args.warmup + args.steps + 10}",
+        f"train.max_steps={2 * (args.warmup + args.steps) + 20}",
         f"train.out_dir={out / name}",
         f"train.compile={str(args.compile).lower()}",
         "train.progress=false",
@@ -132,6 +132,20 @@ def run_case(
         torch.cuda.reset_peak_memory_stats(dev)
     t_pipe = timed(pipeline, args.warmup, args.steps, dev)
     peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
+    # where the time goes: the loader + decode alone, and the step on one cached loader batch
+    # (decode + views + forward/backward/optimiser, no loader)
+    step_obj = trainer.batch_step
+
+    def load_decode() -> None:
+        step_obj.images(next(it))
+
+    t_load = timed(load_decode, 2, args.steps, dev)
+    cached = next(it)
+
+    def cached_step() -> None:
+        trainer.train_step(cached)
+
+    t_cached = timed(cached_step, 2, args.steps, dev)
     size = int(cfg.augment.params.get("size", 224))
     n_global = method.n_global_views
     masked = getattr(method, "mask_ratio", None) if cfg.method.name == "mae" else None
@@ -151,6 +165,8 @@ def run_case(
         "pipeline_backbone_images_per_s": round(pipe_img_s, 1),
         "bare_backbone_images_per_s": round(bare_img_s, 1),
         "pipeline_over_bare": round(pipe_img_s / bare_img_s, 3),
+        "loader_decode_tiles_per_s": round(args.batch * args.steps / t_load, 1),
+        "cached_batch_step_tiles_per_s": round(args.batch * args.steps / t_cached, 1),
         "peak_gpu_gib": None if peak is None else round(peak, 2),
     }
     if dev.type == "cuda":

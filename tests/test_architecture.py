@@ -15,6 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 LAYERS: dict[str, int] = {
     "tiling": 0,
     "pathssl.registry": 1,
+    "pathssl.config": 1,
     "pathssl.data": 2,
     "pathssl.augment": 3,
     "pathssl.models": 3,
@@ -22,8 +23,9 @@ LAYERS: dict[str, int] = {
     "pathssl.train": 5,
     "pathssl.eval": 6,  # fine-tuning runs through pathssl.train's loop
     "pathssl.nuclei": 7,  # data, model, training and inference of the nuclei stage
-    "pathssl.commands": 8,
-    "pathssl.cli": 8,
+    "pathssl.demo": 8,  # the end-to-end demo, built from the stages' library calls
+    "pathssl.commands": 9,
+    "pathssl.cli": 9,
 }
 
 

@@ -94,4 +94,5 @@ def test_preview_grid_and_command(tile, tmp_path, data_dir):
     )
     pic = cv2.imread(str(out))
     assert pic is not None and pic.shape[0] == 2 * 164
-    assert main(["augment-preview", str(src), "--recipe", "nope", "--out", str(out)]) == 1
+    # an unknown recipe is a bad argument: exit code 2 (the CLI's error contract)
+    assert main(["augment-preview", str(src), "--recipe", "nope", "--out", str(out)]) == 2

@@ -39,16 +39,16 @@ def test_eval_command_on_real_qc_tiles(data_dir: Path, tmp_path: Path) -> None:
             "seed": 0,
             "image_size": 64,
             "class_names": ["none", "partial", "full"],
+            "batch_size": 16,
         },
-        "encoder": {"backbone": "resnet18", "checkpoint": None, "seed": 0},
+        "model": {"backbone": "resnet18", "checkpoint": None},
         "protocols": {
             "linear": {"l2": 1e-3, "max_iter": 100},
             "knn": {"k": 20},
             "fewshot": {"shots": [1], "episodes": 3},
             "finetune": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "val_fraction": 0.2},
         },
-        "batch_size": 16,
-        "device": "cpu",
+        "train": {"device": "cpu", "seed": 0},
     }
     out = tmp_path / "out"
     assert main(["eval", str(_write_config(tmp_path / "c.yaml", cfg)), "--out", str(out)]) == 0
@@ -75,24 +75,34 @@ def test_eval_command_on_real_qc_tiles(data_dir: Path, tmp_path: Path) -> None:
 
 
 def test_eval_command_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["eval", str(tmp_path / "missing.yaml")]) == 2
+    def err_of(*argv: str) -> str:
+        assert main(["eval", *argv, "--out", str(tmp_path / "o")]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("pathssl eval: error: config "), lines
+        return lines[0]
+
+    assert "missing.yaml not found" in err_of(str(tmp_path / "missing.yaml"))
     bad = _write_config(tmp_path / "bad.yaml", {"data": {"source": {"format": "nope"}}})
-    assert main(["eval", str(bad), "--out", str(tmp_path / "o")]) == 2
-    assert "folder, csv or store" in capsys.readouterr().err
+    assert "data.source.format: 'nope' is not one of folder, csv, store" in err_of(str(bad))
     typo = _write_config(tmp_path / "typo.yaml", {"dataa": {}})
-    assert main(["eval", str(typo), "--out", str(tmp_path / "o")]) == 2
+    assert "unknown config key 'dataa'; did you mean 'data'?" in err_of(str(typo))
+    ft = tmp_path / "ft.yaml"
+    ft.write_text("data: {source: {format: folder, root: x}}\nprotocols:\n  finetune: {epoch: 3}\n")
+    msg = err_of(str(ft))
+    assert f"{ft} line 3:" in msg and "'protocols.finetune.epoch'; did you mean" in msg
+    assert not (tmp_path / "o").exists()  # nothing was written
 
 
 @pytest.mark.parametrize(
     "path", sorted((Path(__file__).parents[1] / "configs" / "eval").glob("*.yaml")), ids=str
 )
 def test_shipped_eval_configs_are_valid(path: Path) -> None:
-    from pathssl.commands.eval import check_config
+    from pathssl.eval.config import load_config
 
-    protocols = check_config(yaml.safe_load(path.read_text()))
-    assert protocols  # at least one protocol
-    with pytest.raises(ValueError, match="finetune keys"):
-        check_config({"protocols": {"finetune": {"epoch": 3}}})
+    cfg = load_config(path)
+    p = cfg.protocols
+    assert any(x is not None for x in (p.linear, p.knn, p.fewshot, p.finetune))
+    assert cfg.data.source is not None and (cfg.model.backbone or cfg.model.checkpoint)
 
 
 def _image_folder(data_dir: Path, root: Path) -> Path:

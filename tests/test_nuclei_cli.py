@@ -32,6 +32,9 @@ def config(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
             "train_region": [0, 0, 256, 256],
             "val_region": [1000, 0, 96, 96],
             "type_names": NAMES,
+            "batch_size": 2,
+            "crop": 64,
+            "mpp": 0.5,
         },
         "model": {
             "backbone": "vit_tiny",
@@ -39,14 +42,8 @@ def config(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
             "widths": [8, 8, 8, 8, 8],
             "shared_decoder": True,
         },
-        "train": {
-            "steps": 2,
-            "batch_size": 2,
-            "crop": 64,
-            "out_dir": str(tmp / "run"),
-            "label_tile": 128,
-            "warmup_steps": 1,
-        },
+        "optim": {"warmup_steps": 1},
+        "train": {"max_steps": 2, "out_dir": str(tmp / "run"), "label_tile": 128},
         "predict": {"window": 64, "overlap": 16, "batch_size": 4},
     }
     path = tmp / "cfg.yaml"

@@ -197,9 +197,34 @@ def test_config_rejects_unknown_keys() -> None:
 
     with pytest.raises(ValueError, match="unknown config key 'train.stepz'"):
         config_from_dict({"train": {"stepz": 3}})
-    cfg = load_config(
-        Path(__file__).parents[1] / "configs/nuclei/hgsc_resnet18_cpu.yaml",
-        ["train.steps=7", "postprocess.sobel_kernel_size=5"],
-    )
-    assert cfg.train.steps == 7 and cfg.postprocess.sobel_kernel_size == 5
+    config = Path(__file__).parents[1] / "configs/nuclei/hgsc_resnet18_cpu.yaml"
+    cfg = load_config(config, ["train.max_steps=7", "postprocess.sobel_kernel_size=5"])
+    assert cfg.train.max_steps == 7 and cfg.postprocess.sobel_kernel_size == 5
+    assert (cfg.data.batch_size, cfg.data.crop, cfg.optim.lr) == (4, 128, 1e-3)
     assert cfg.data.type_names == ["connective", "inflammatory", "neoplastic"]
+
+
+def test_config_uses_the_shared_sections() -> None:
+    """Nuclei ``optim``/``train`` are pretraining's sections: old keys name their new place,
+    configs stored in older checkpoints migrate, and value ranges are checked."""
+    from pathssl.nuclei.config import config_from_dict
+
+    with pytest.raises(ValueError, match="'train.steps' is now 'train.max_steps'"):
+        config_from_dict({"train": {"steps": 3}})
+    with pytest.raises(ValueError, match="'train.lr' is now 'optim.lr'"):
+        config_from_dict({"train": {"lr": 0.1}})
+    old = {"train": {"steps": 3, "lr": 0.01, "batch_size": 2, "crop": 64, "clip_grad": None}}
+    cfg = config_from_dict(old, migrate=True)
+    assert (cfg.train.max_steps, cfg.optim.lr, cfg.data.batch_size, cfg.data.crop) == (
+        3,
+        0.01,
+        2,
+        64,
+    )
+    assert cfg.optim.clip_grad is None and cfg.optim.name == "adamw"
+    with pytest.raises(ValueError, match=r"optim\.lr must be > 0, got -1"):
+        config_from_dict({"optim": {"lr": -1}})
+    with pytest.raises(ValueError, match=r"data\.crop must be >= 1"):
+        config_from_dict({"data": {"crop": 0}})
+    with pytest.raises(ValueError, match=r"train\.monitor: 'pqq' is not one of"):
+        config_from_dict({"train": {"monitor": "pqq"}})

@@ -32,6 +32,9 @@ def tiny_config(data_dir: Path, out: Path) -> Any:
                 "types": str(d / "hgsc_nest_type_mask.npz"),
                 "train_region": [0, 0, 256, 256],
                 "type_names": ["connective", "inflammatory", "neoplastic"],
+                "batch_size": 2,
+                "crop": 64,
+                "mpp": 0.5,
             },
             "model": {
                 "backbone": "vit_tiny",
@@ -39,11 +42,9 @@ def tiny_config(data_dir: Path, out: Path) -> Any:
                 "widths": [8, 8, 8, 8, 8],
                 "shared_decoder": True,
             },
+            "optim": {"warmup_steps": 1},
             "train": {
-                "steps": 4,
-                "batch_size": 2,
-                "crop": 64,
-                "warmup_steps": 1,
+                "max_steps": 4,
                 "log_every": 1,
                 "ckpt_every": 2,
                 "resume": True,
@@ -91,8 +92,8 @@ def test_validation_keeps_the_best_scoring_weights(data_dir: Path, tmp_path: Pat
 
     cfg = tiny_config(data_dir, tmp_path / "val")
     cfg.data.val_region = [1000, 0, 256, 256]
-    cfg.train.steps, cfg.train.val_every, cfg.train.resume = 6, 2, False
-    cfg.train.lr = 3e-3
+    cfg.train.max_steps, cfg.train.val_every, cfg.train.resume = 6, 2, False
+    cfg.optim.lr = 3e-3
     res = train_nuclei(cfg, progress=False)
     rows = [r for r in read_metrics(tmp_path / "val" / "metrics.jsonl") if r["kind"] == "val"]
     assert [r["step"] for r in rows] == [2, 4, 6]

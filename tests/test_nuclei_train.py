@@ -65,7 +65,7 @@ def test_trained_head_reaches_pq_on_held_apart_region(
     r = panoptic_quality(val.inst, pred.inst, val.types, pred.types, classes=[1, 2, 3])
     mpq = conic_pq([r], [1, 2, 3]).mpq_plus
     print(
-        f"\n{split}: {cfg.train.steps} steps in {train_s:.0f} s: held-apart PQ {r.binary.pq:.3f} "
+        f"\n{split}: {cfg.train.max_steps} steps in {train_s:.0f} s: held-apart PQ {r.binary.pq:.3f} "
         f"(SQ {r.binary.sq:.3f}, DQ {r.binary.dq:.3f}), mPQ+ {mpq:.3f}, "
         f"{len(pred)} predicted / {len(set(val.inst.ravel())) - 1} true nuclei"
     )

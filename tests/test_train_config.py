@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_unknown_key_names_the_key_and_nearest() -> None:
-    with pytest.raises(ConfigError, match=r"'optim\.lrr'.*did you mean 'lr'"):
+    with pytest.raises(ConfigError, match=r"'optim\.lrr'; did you mean 'optim\.lr'"):
         load_config(None, ["optim.lrr=0.1"])
     with pytest.raises(ConfigError, match=r"unknown config key 'trian'.*'train'"):
         load_config(None, ["trian.max_steps=3"])
@@ -28,7 +28,7 @@ def test_wrong_type_names_the_key(tmp_path: Path) -> None:
         load_config(None, ["train.compile=1"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("optim:\n  lr: fast\n")
-    with pytest.raises(ConfigError, match=r"optim\.lr: expected float"):
+    with pytest.raises(ConfigError, match=rf"^config {bad} line 2: optim\.lr: expected float"):
         load_config(bad)
 
 
@@ -56,7 +56,7 @@ def test_shipped_configs_parse(path: Path) -> None:
     cfg = load_config(path)
     recipe = build_views(cfg)
     assert recipe.n_views >= 1
-    assert cfg.method.name in path.stem or "demo" in path.stem
+    assert cfg.method.name in path.stem or path.stem in ("base", "simclr_resnet18_cpu_demo")
 
 
 def test_shipped_configs_exist() -> None:

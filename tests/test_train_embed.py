@@ -75,6 +75,20 @@ def test_embed_matches_backbone_on_each_tile(store: Path, tmp_path: Path) -> Non
         np.testing.assert_allclose(feats[i], ref, rtol=1e-4, atol=1e-4)
     assert not (tmp_path / f".{out.name}.tmp").exists()
 
+    # an earlier embed output is replaced only with --force; nothing else ever is
+    argv = ["embed", str(store_path), "--checkpoint", str(ckpt_path), "--device", "cpu"]
+    stamp = (out / "zarr.json").stat().st_mtime_ns
+    assert main([*argv, "--out", str(out)]) == 2
+    assert (out / "zarr.json").stat().st_mtime_ns == stamp
+    assert main([*argv, "--out", str(out), "--force"]) == 0
+    again = zarr.open_group(str(out), mode="r")
+    np.testing.assert_array_equal(np.asarray(again["features"][...]), feats)
+    before = sorted(p.relative_to(store) for p in store.rglob("*"))
+    for target in (store_path, store, run / "last.pt"):  # the inputs, the tiling output
+        assert main([*argv, "--out", str(target), "--force"]) == 2
+    assert sorted(p.relative_to(store) for p in store.rglob("*")) == before
+    assert load_checkpoint(ckpt_path)["meta"]["method"] == "simclr"
+
 
 def test_embed_missing_store_is_a_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -4,9 +4,14 @@ Guarantees:
 
 * one bad slide never stops the batch: it gets status ``failed`` with the reason;
 * a store appears under its final name only when complete (temp folder + rename);
-* a rerun skips complete stores whose slide fingerprint and options match, and redoes the rest
-  (so ``kill -9`` at any moment, then a rerun, gives the same stores as one uninterrupted run);
-* two runs on the same output never write the same slide at once (per-slide file lock).
+* a rerun skips complete stores whose slide fingerprint and options match and whose files are
+  as written (:func:`tiling.store.check_store`), and redoes the rest; a damaged store is redone
+  and its manifest row says so (so ``kill -9`` at any moment, then a rerun, gives the same
+  stores as one uninterrupted run);
+* two runs on the same output never write the same slide at once (per-slide file lock);
+* nothing the run did not write is replaced: the output folder must be new, empty or an earlier
+  tiling output, may not be or hold an input, and a ``<slide_id>.zarr`` there that is no tile
+  store fails that slide instead of being replaced.
 """
 
 from __future__ import annotations
@@ -26,8 +31,10 @@ from typing import Any
 import numpy as np
 from filelock import FileLock, Timeout
 
+from tiling.atomic import atomic_write
 from tiling.discover import SlideInput, discover_slides, fingerprint
-from tiling.errors import SlideError, TilingError
+from tiling.errors import ConfigError, OutputError, SlideError, UsageError
+from tiling.outputs import check_output_dir
 from tiling.pipeline import (
     QC_NAMES,
     SlidePlan,
@@ -38,7 +45,7 @@ from tiling.pipeline import (
     start_store,
     tile_job,
 )
-from tiling.store import read_attrs, remove_tree
+from tiling.store import check_store, find_stores, read_attrs, remove_tree, verify_store
 
 OVERVIEW_MAX_SIDE = 1600  # px, longest side of the overview PNGs
 MANIFEST_COLUMNS = ["slide", "status", "n_tiles", "mpp", "mpp_source", "seconds", "error"]
@@ -85,12 +92,6 @@ class _Active:
     failed: str = ""
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_manifest(out: Path, results: Sequence[SlideResult]) -> Path:
     """``<out>/manifest.csv``: one row per input slide (written atomically)."""
     buf = io.StringIO()
@@ -99,19 +100,48 @@ def write_manifest(out: Path, results: Sequence[SlideResult]) -> Path:
     for r in results:
         writer.writerow(r.row())
     path = out / "manifest.csv"
-    _write_text_atomic(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
     return path
 
 
-def _reusable(final: Path, inp: SlideInput, opts: TileOptions) -> dict[str, Any] | None:
+def is_tile_store(path: Path) -> bool:
+    """Whether ``path`` holds a tile store (complete or not) that ``pathssl tile`` wrote."""
+    attrs = read_attrs(path)
+    if attrs is None:  # a store whose zarr.json was lost still has its arrays
+        return (path / "tiles" / "zarr.json").is_file() and (path / "coords").is_dir()
+    return "tile" in attrs and "slide" in attrs
+
+
+def is_tiling_output(out: Path) -> bool:
+    """Whether the folder ``out`` is an earlier ``pathssl tile`` output (locks, a manifest with
+    the tiling columns, or a tile store)."""
+    if (out / ".locks").is_dir():
+        return True
+    try:
+        with open(out / "manifest.csv") as fh:
+            if fh.readline().startswith(",".join(MANIFEST_COLUMNS[:3])):
+                return True
+    except OSError:
+        pass
+    return any(is_tile_store(p) for p in out.glob("*.zarr"))
+
+
+def _reusable(final: Path, inp: SlideInput, opts: TileOptions) -> tuple[dict[str, Any] | None, str]:
+    """(attrs of a store that can be kept as is, or None; why it is redone when damaged)."""
     attrs = read_attrs(final)
+    if attrs is None and final.exists():
+        return None, "damaged store redone (zarr.json missing)"
     if not attrs or not attrs.get("complete"):
-        return None
+        return None, ""
     if attrs.get("options") != opts.signature():
-        return None
+        return None, ""
     if attrs.get("slide", {}).get("fingerprint") != fingerprint(inp.files):
-        return None
-    return attrs
+        return None, ""
+    problems = check_store(final)
+    if problems:
+        more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+        return None, f"damaged store redone ({problems[0]}{more})"
+    return attrs, ""
 
 
 def _error_text(exc: BaseException, where: str) -> str:
@@ -133,7 +163,9 @@ def _prepare_out(out: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise TilingError(f"cannot write to output folder {out}: {exc.strerror or exc}") from None
+        raise OutputError(
+            f"cannot write to output folder {out}: {exc.strerror or exc}; choose a writable --out"
+        ) from None
 
 
 class _InlineExecutor(Executor):
@@ -171,13 +203,16 @@ def tile_slides(
     """
     opts = replace(options or TileOptions(), **overrides)
     opts.validate()
+    if workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
     out = Path(out)
     slides, _ignored = discover_slides(list(inputs))
     if shard is not None:
         index, count = shard
         if not (count >= 1 and 0 <= index < count):
-            raise TilingError(f"--shard {index}/{count}: need 0 <= i < N")
+            raise ConfigError(f"--shard {index}/{count}: need 0 <= i < N")
         slides = slides[index::count]
+    check_output_dir(out, inputs=inputs, is_ours=is_tiling_output, command="tile")
     _prepare_out(out)
     from tqdm import tqdm
 
@@ -228,7 +263,17 @@ def tile_slides(
         final = out / f"{inp.slide_id}.zarr"
         for stale in (out / ".tmp").glob(f"{inp.slide_id}.*.zarr"):
             remove_tree(stale)  # left by a killed run: we hold the lock, so nobody writes it
-        attrs = _reusable(final, inp, opts)
+        if final.exists() and not is_tile_store(final):
+            lock.release()
+            res.status = "failed"
+            res.error = (
+                f"{final} exists and is not a tile store; it is left as it is: move it away "
+                "or choose another --out"
+            )
+            done(res)
+            return
+        attrs, damage = _reusable(final, inp, opts)
+        res.error = damage
         if attrs is not None:
             lock.release()
             res.status, res.n_tiles = "skipped", int(attrs["tile"].get("n_tiles", 0))
@@ -251,6 +296,8 @@ def tile_slides(
             remove_tree(tmp)
             lock.release()
             res.status, res.error = "failed", _error_text(exc, str(tmp))
+            if damage:
+                res.error += f" ({damage.replace(' redone', ' not redone')})"
             res.seconds = time.perf_counter() - t0
             done(res)
             return
@@ -346,8 +393,10 @@ def _overview(out: Path, plan: SlidePlan, enabled: bool) -> str:
     return str(target.relative_to(out))
 
 
-def summarize(results: Sequence[SlideResult], stream: Any = sys.stdout) -> int:
-    """Print a summary; return the exit code (1 if any slide failed)."""
+def summarize(results: Sequence[SlideResult], stream: Any = None) -> int:
+    """Print a summary (to ``stream``, default the current ``sys.stdout``); return the exit code
+    (1 if any slide failed)."""
+    stream = sys.stdout if stream is None else stream
     counts: dict[str, int] = {}
     for r in results:
         counts[r.status] = counts.get(r.status, 0) + 1
@@ -359,7 +408,23 @@ def summarize(results: Sequence[SlideResult], stream: Any = sys.stdout) -> int:
     for r in results:
         if r.status == "failed":
             print(f"  FAILED {r.slide}: {r.error}", file=stream)
+        elif r.error.startswith("damaged store redone"):
+            print(f"  REDONE {r.slide}: {r.error}", file=stream)
     return 1 if counts.get("failed") else 0
+
+
+def verify_output(paths: Sequence[str | Path]) -> list[tuple[Path, list[str]]]:
+    """Fully check every tile store in ``paths`` (stores or folders of stores):
+    :func:`tiling.store.verify_store` decodes every chunk. Returns (store, problems) pairs,
+    problems empty for a whole store."""
+    stores = find_stores(paths)
+    for p in map(Path, paths):
+        if p.is_dir() and p.suffix != ".zarr":  # a folder's stores whose zarr.json is gone
+            named = {s.name for s in stores}
+            stores += sorted(q for q in p.glob("*.zarr") if q.is_dir() and q.name not in named)
+    if not stores:
+        raise UsageError(f"no tile store (*.zarr) in {' '.join(map(str, paths))}; check --verify")
+    return [(s, verify_store(s)) for s in stores]
 
 
 def tile_slide(path: str | Path, out: str | Path, **kwargs: Any) -> SlideResult:

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from tiling.errors import InputNotFoundError
 from tiling.slide import SLIDE_EXTENSIONS
 
 _CHUNK = 1 << 20
@@ -41,7 +42,7 @@ def discover_slides(inputs: list[str | Path]) -> tuple[list[SlideInput], list[Pa
         elif p.exists():
             candidates = [p]
         else:
-            raise FileNotFoundError(f"{p}: no such file or folder")
+            raise InputNotFoundError(f"{p}: no such file or folder; check the input path")
         for q in candidates:
             if q.name.startswith("."):
                 continue

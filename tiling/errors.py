@@ -1,6 +1,32 @@
-"""Errors raised by the tiling stage. Each names the slide and says what to do."""
+"""Errors raised by the tiling stage and the one rule the CLI applies to every command.
+
+Exit-code rule (``pathssl.cli.main``): an error of the ``ValueError`` family means the input was
+bad (arguments, config, an input file, an output that may not be written) and is raised before
+any work starts: the CLI prints it on one line and exits 2. :class:`UsageError` is the class
+commands raise for that; a ``FileNotFoundError`` (an input that is not there) also exits 2.
+Any other exception (``OSError``, ``RuntimeError``, ...) is a failure during work: exit 1. A
+batch in which some slides or images failed also exits 1. Messages are one line: what is wrong,
+where (the file, option or key), and what to do. ``pathssl --debug <cmd>`` shows tracebacks.
+"""
 
 from __future__ import annotations
+
+
+class UsageError(ValueError):
+    """Bad arguments, config, inputs or outputs, found before work starts (CLI exit code 2)."""
+
+
+class InputNotFoundError(UsageError, FileNotFoundError):
+    """An input file or folder that does not exist (still a ``FileNotFoundError``)."""
+
+
+class OutputError(UsageError):
+    """An output that may not be written: it is an input, holds what the command did not write,
+    exists without ``--force``, or lies in a folder that cannot be written."""
+
+
+class DamagedStoreError(ValueError):
+    """A tile store whose files do not match what was recorded when it was written."""
 
 
 class TilingError(Exception):
@@ -19,5 +45,5 @@ class SlideError(TilingError):
         self.reason = message
 
 
-class ConfigError(TilingError):
+class ConfigError(TilingError, UsageError):
     """Bad options (e.g. tile size <= overlap)."""

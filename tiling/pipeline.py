@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from tiling import __version__
@@ -25,7 +24,7 @@ from tiling.discover import SlideInput, fingerprint
 from tiling.errors import ConfigError
 from tiling.grid import Grid, make_grid, mask_fractions, stream_thumbnail, thumbnail_factor
 from tiling.readers import make_reader
-from tiling.slide import choose_level, open_slide, resolve_mpp
+from tiling.slide import SlideAtMpp, open_slide, resize_rgb
 from tiling.store import SHARD_TILES, StoreWriter, commit, shard_name, shard_parts, write_all
 
 QC_NAMES = ("tissue", "pen", "blur", "white")
@@ -65,6 +64,8 @@ class TileOptions:
             raise ConfigError(f"--magnification must be > 0, got {self.magnification}")
         if not self.target_mpp > 0:
             raise ConfigError(f"--mpp must be > 0, got {self.mpp}")
+        if self.assume_mpp is not None and not self.assume_mpp > 0:
+            raise ConfigError(f"--assume-mpp must be > 0 um/px, got {self.assume_mpp}")
         if self.size < 8:
             raise ConfigError(f"--size must be >= 8 px, got {self.size}")
         if not 0 <= self.overlap < self.size:
@@ -118,17 +119,18 @@ def plan_slide(inp: SlideInput, opts: TileOptions, tmp: Path) -> SlidePlan:
     """Open the slide, resolve its mpp, pick the level, find tissue and the tiles to keep."""
     from tiling import qc
 
-    slide = open_slide(inp.path)
+    # resolution, level and scale: the one slide-at-mpp reader (nuclei prediction uses it too)
+    src = SlideAtMpp(
+        inp.path,
+        opts.target_mpp,
+        assume_mpp=opts.assume_mpp,
+        max_upsample=opts.max_upsample,
+        fast=opts.fast_reader,
+    )
+    slide = src.slide
     try:
         props = dict(slide.properties)
-        res = resolve_mpp(inp.path.name, props, opts.assume_mpp)
-        choice = choose_level(
-            inp.path.name,
-            res.mpp,
-            tuple(slide.level_downsamples),
-            opts.target_mpp,
-            max_upsample=opts.max_upsample,
-        )
+        res, choice = src.resolution, src.choice
         # thumbnail from the coarsest level at or finer than mask_mpp
         t_level = 0
         for lv, ds in enumerate(slide.level_downsamples):
@@ -221,7 +223,7 @@ def plan_slide(inp: SlideInput, opts: TileOptions, tmp: Path) -> SlidePlan:
             attrs=attrs,
         )
     finally:
-        slide.close()
+        src.close()
 
 
 def _band(
@@ -237,12 +239,8 @@ def _band(
         return reader.read(int(xs[0]), y, n * s, s, out=out)
     region = reader.read(int(xs[0]), y, int(xs[-1] - xs[0]) + side, side)
     band = np.empty((s, n * s, 3), np.uint8) if out is None else out
-    interp = cv2.INTER_AREA if grid.scale > 1 else cv2.INTER_LINEAR
-    for k, x in enumerate(xs - xs[0]):
-        crop = region[:, x : x + side]
-        band[:, k * s : (k + 1) * s] = (
-            crop if side == s else cv2.resize(crop, (s, s), interpolation=interp)
-        )
+    for k, x in enumerate(xs - xs[0]):  # the resize rule of tiling.slide.SlideAtMpp.read
+        band[:, k * s : (k + 1) * s] = resize_rgb(region[:, x : x + side], s, s)
     return band
 
 

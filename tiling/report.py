@@ -1,7 +1,7 @@
 """Pictures of a tiling run: a per-slide overview PNG and an HTML report over all slides.
 
-numpy + OpenCV only (no torch, no matplotlib). Every file is written atomically: a temporary
-file in the destination folder, then ``os.replace``.
+numpy + OpenCV only (no torch, no matplotlib). Every file is written atomically by the one
+atomic writer (:func:`tiling.atomic.atomic_write`).
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import html
 import math
 import os
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ from urllib.parse import quote
 
 import cv2
 import numpy as np
+
+from tiling.atomic import atomic_write
 
 __all__ = ["ALPHA", "COLORMAP", "OUTLINE_RGB", "overview_size", "render_overview", "score_to_rgb"]
 
@@ -68,22 +69,6 @@ def overview_size(thumbnail_shape: tuple[int, ...]) -> tuple[int, int]:
     h, w = thumbnail_shape[0] * k, thumbnail_shape[1] * k
     width = max(w, MIN_WIDTH)
     return h + 2 * _row_height(width) + 8, width
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _fit_text(text: str, scale: float, max_width: int) -> str:
@@ -220,7 +205,7 @@ def render_overview(
     )
     if not ok:
         raise RuntimeError(f"could not encode overview PNG for {out_png}")
-    _atomic_write(Path(out_png), png.tobytes())
+    atomic_write(Path(out_png), png.tobytes())
 
 
 def _num(value: Any) -> float | None:
@@ -327,5 +312,5 @@ def write_report(
         )
     parts.append("</tbody>\n</table>\n</body>\n</html>\n")
     path = out / "report.html"
-    _atomic_write(path, "\n".join(parts).encode("utf-8"))
+    atomic_write(path, "\n".join(parts).encode("utf-8"))
     return path

@@ -4,6 +4,10 @@ Resolution is looked up in this order, and the source is recorded with the value
 ``openslide.mpp-x/y`` -> TIFF ``XResolution`` + ``ResolutionUnit`` -> ``openslide.objective-power``
 (mpp = 10 / power) -> ``--assume-mpp``. Values outside a plausible range for a microscope (e.g.
 the 352.8 um/px that a 72 dpi TIFF default gives) are treated as missing.
+
+:class:`SlideAtMpp` reads a slide region at a target mpp (level choice, resize, the refusal to
+upsample); :func:`resize_rgb` and :func:`mpp_differs` are the resize and the 10 % rule every
+reader of images at a model's resolution uses.
 """
 
 from __future__ import annotations
@@ -13,9 +17,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
+import numpy as np
 import openslide
+from numpy.typing import NDArray
 
 from tiling.errors import SlideError
+from tiling.readers import LevelReader, make_reader
 
 #: micrometres per pixel outside this range are placeholders (72 dpi, 1 px/cm, ...), not optics.
 PLAUSIBLE_MPP = (0.02, 30.0)
@@ -163,3 +171,115 @@ def open_slide(path: str | Path) -> openslide.OpenSlide:
         raise SlideError(name, f"openslide error: {exc}") from None
     except OSError as exc:
         raise SlideError(name, f"cannot read file: {exc.strerror or exc}") from None
+
+
+def mpp_differs(mpp: float, target_mpp: float, tolerance: float = 0.10) -> bool:
+    """True when ``mpp`` differs from ``target_mpp`` by more than ``tolerance`` (relative): the
+    rule for when an image is resampled to a model's resolution (10 % by default)."""
+    return abs(mpp / target_mpp - 1.0) > tolerance
+
+
+def resize_rgb(image: NDArray[np.uint8], width: int, height: int) -> NDArray[np.uint8]:
+    """``(H, W, C)`` uint8 -> ``(height, width, C)``: area interpolation when shrinking, linear
+    when enlarging (the one resize rule for pixels read at another resolution)."""
+    h, w = image.shape[:2]
+    if (w, h) == (width, height):
+        return image
+    interp = cv2.INTER_AREA if width * height < w * h else cv2.INTER_LINEAR
+    out = cv2.resize(image, (width, height), interpolation=interp)
+    return np.asarray(out, np.uint8).reshape(height, width, *image.shape[2:])
+
+
+class SlideAtMpp:
+    """A slide read at ``target_mpp``: resolution (:func:`resolve_mpp`, ``assume_mpp``), pyramid
+    level (:func:`choose_level`, refusing upsampling beyond ``max_upsample``) and resize, in one
+    object used by tiling and by whole-slide nuclei prediction.
+
+    Coordinates are TARGET pixels (at :attr:`mpp`): pixel ``(x, y)`` starts at level-0 pixel
+    ``(x, y) * to_level0``. A region ``(x, y, w, h)`` is the level box starting at
+    ``rint((x, y) * scale)`` of side ``round((w, h) * scale)`` (``scale`` = level px per target
+    px; exactly ``(w, h)`` when no resize is needed), resized to ``(w, h)`` with
+    :func:`resize_rgb`; pixels outside the slide are white. Tiling's grid cuts its tiles with the
+    same rule (``tiling.grid.Grid``), so a tile equals ``read`` of its box.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        target_mpp: float,
+        *,
+        assume_mpp: float | None = None,
+        max_upsample: float = 1.10,
+        fast: bool = True,
+    ) -> None:
+        self.path = Path(path)
+        self.name = self.path.name
+        self.slide = open_slide(self.path)
+        try:
+            self.resolution = resolve_mpp(self.name, dict(self.slide.properties), assume_mpp)
+            self.choice = choose_level(
+                self.name,
+                self.resolution.mpp,
+                tuple(float(d) for d in self.slide.level_downsamples),
+                target_mpp,
+                max_upsample=max_upsample,
+            )
+        except Exception:
+            self.slide.close()
+            raise
+        self.fast = fast
+        self._reader: LevelReader | None = None
+
+    @property
+    def mpp(self) -> float:
+        """Micrometres per pixel of what :meth:`read` returns (the target, or the level's own
+        when it is within 1 % of it)."""
+        return self.choice.tile_mpp
+
+    @property
+    def scale(self) -> float:
+        """Level pixels per target pixel (1.0: read as is, > 1: shrink, < 1: small upsample)."""
+        return self.choice.scale
+
+    @property
+    def to_level0(self) -> float:
+        """Level-0 pixels per target pixel."""
+        return self.choice.scale * self.choice.downsample
+
+    @property
+    def reader(self) -> LevelReader:
+        """The reader of the chosen level (made on first use)."""
+        if self._reader is None:
+            self._reader = make_reader(self.path, self.slide, self.choice.level, fast=self.fast)
+        return self._reader
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the whole slide in target pixels."""
+        w, h = self.slide.level_dimensions[self.choice.level]
+        return int(w / self.scale), int(h / self.scale)
+
+    def level_box(self, x: int, y: int, w: int, h: int) -> tuple[int, int, int, int]:
+        """The level-pixel box ``(x, y, w, h)`` read for a target-pixel region."""
+        s = self.scale
+        if s == 1.0:
+            return x, y, w, h
+        lx, ly = int(np.rint(x * s)), int(np.rint(y * s))
+        return lx, ly, max(1, int(round(w * s))), max(1, int(round(h * s)))
+
+    def read(self, x: int, y: int, w: int, h: int) -> NDArray[np.uint8]:
+        """Target-pixel region -> ``(h, w, 3)`` RGB uint8."""
+        lx, ly, lw, lh = self.level_box(x, y, w, h)
+        return resize_rgb(self.reader.read(lx, ly, lw, lh), w, h)
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        self.slide.close()
+
+    def __enter__(self) -> SlideAtMpp:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

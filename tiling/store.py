@@ -11,6 +11,9 @@ Layout::
 
 A store is written under a temporary name and renamed into place when complete, so a store
 that exists under its final name is whole. ``complete: true`` is the last attribute written.
+``attrs["files"]`` records the size of every file of the store (but the root ``zarr.json``) when
+it is written: :func:`check_store` compares them with the disk (a cheap check, no decoding; run
+before a store is reused or opened), :func:`verify_store` also decodes every chunk.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ import google_crc32c
 import numpy as np
 import zarr
 
+from tiling.atomic import replace_dir
 from tiling.codec import FORMATS, decode_tile, zarr_codecs
+from tiling.errors import DamagedStoreError, InputNotFoundError
 
 FORMAT_VERSION = 1
 _KEY_ENCODING: dict[str, Any] = {"name": "v2", "separator": "."}
@@ -120,7 +125,10 @@ class StoreWriter:
             _write(qc_group, name, np.asarray(values, np.float32), ["tile"])
         _write(g, "thumbnail", np.ascontiguousarray(thumbnail, np.uint8), ["y", "x", "rgb"])
         _write(g, "tissue_mask", np.asarray(tissue_mask, bool), ["y", "x"])
-        g.attrs.update({**attrs, "format_version": FORMAT_VERSION, "complete": False})
+        files = store_files(self.path)
+        g.attrs.update(
+            {**attrs, "format_version": FORMAT_VERSION, "files": files, "complete": False}
+        )
         g.attrs["complete"] = True
 
 
@@ -139,14 +147,114 @@ def remove_tree(path: Path) -> None:
 
 
 def commit(tmp: Path, final: Path) -> None:
-    """Atomically put the finished store ``tmp`` at ``final`` (replacing an old one)."""
-    if final.exists():
-        trash = final.with_name(f".trash-{final.name}-{os.getpid()}")
-        os.replace(final, trash)
-        os.replace(tmp, final)
-        remove_tree(trash)
-    else:
-        os.replace(tmp, final)
+    """Atomically put the finished store ``tmp`` at ``final`` (replacing an old one, which the
+    caller has checked is a tile store of the same slide)."""
+    replace_dir(tmp, final)
+
+
+def store_files(path: str | Path) -> dict[str, int]:
+    """Size in bytes of every file of a store, by path relative to it ('/'-separated), except
+    the root ``zarr.json`` (which holds this record)."""
+    root = Path(path)
+    out: dict[str, int] = {}
+    for folder, _dirs, names in os.walk(root):
+        for name in names:
+            f = Path(folder) / name
+            rel = f.relative_to(root).as_posix()
+            if rel != "zarr.json":
+                out[rel] = f.stat().st_size
+    return dict(sorted(out.items()))
+
+
+def _required_files(attrs: Mapping[str, Any]) -> list[str]:
+    """Files every complete store has (used for stores written before ``attrs["files"]``)."""
+    names = attrs.get("qc", {}).get("names") or ["tissue", "pen", "blur", "white", "mask_tissue"]
+    arrays = ["tiles", "coords", "thumbnail", "tissue_mask", "qc", *(f"qc/{n}" for n in names)]
+    return [f"{a}/zarr.json" for a in arrays]
+
+
+def check_store(path: str | Path) -> list[str]:
+    """Problems of a complete store found without decoding anything (empty list: none).
+
+    Every file recorded in ``attrs["files"]`` must be present with its recorded size; stores
+    written before that record get every array's metadata and every shard file checked, with
+    each shard's index checksum. Cost: one ``stat`` per file.
+    """
+    root = Path(path)
+    attrs = read_attrs(root)
+    if attrs is None:
+        return ["zarr.json missing or unreadable"]
+    if not attrs.get("complete"):
+        return ["incomplete (no complete flag): an interrupted run"]
+    problems: list[str] = []
+    recorded = attrs.get("files")
+    if isinstance(recorded, dict):
+        for rel, size in recorded.items():
+            try:
+                actual = (root / rel).stat().st_size
+            except OSError:
+                problems.append(f"{rel} missing")
+                continue
+            if actual != size:
+                problems.append(f"{rel} has {actual} bytes, {size} were written")
+        return problems
+    for rel in _required_files(attrs):
+        if not (root / rel).is_file():
+            problems.append(f"array {rel.rsplit('/', 1)[0]} missing")
+    tile = attrs.get("tile", {})
+    n, k = int(tile.get("n_tiles", 0)), int(tile.get("shard_tiles", SHARD_TILES))
+    for shard in range(-(-n // k)):
+        f = root / "tiles" / shard_name(shard)
+        try:
+            with open(f, "rb") as fh:
+                fh.seek(-(16 * k + 4), os.SEEK_END)
+                raw = fh.read(16 * k + 4)
+        except OSError:
+            problems.append(f"tiles/{shard_name(shard)} missing or truncated")
+            continue
+        if google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
+            problems.append(f"tiles/{shard_name(shard)} index checksum mismatch")
+    return problems
+
+
+def verify_store(path: str | Path) -> list[str]:
+    """Full check of a store (empty list: whole): :func:`check_store`, then every array read
+    and its shape checked against the tile count and thumbnail, and every tile decoded."""
+    problems = check_store(path)
+    if problems:
+        return problems
+    try:
+        store = TileStore(path, check=False)
+        n = len(store)
+        recorded = int(store.attrs["tile"].get("n_tiles", n))
+        if recorded != n:
+            problems.append(f"tiles has {n} tiles, attrs record {recorded}")
+        if store.coords.shape != (n, 2):
+            problems.append(f"coords has shape {store.coords.shape}, expected ({n}, 2)")
+        for name in store.attrs.get("qc", {}).get("names", []):
+            values = store.qc.get(name)
+            if values is None:
+                problems.append(f"qc/{name} missing")
+            elif values.shape != (n,):
+                problems.append(f"qc/{name} has shape {values.shape}, expected ({n},)")
+        thumb, mask = store.thumbnail, store.tissue_mask
+        if thumb.ndim != 3 or thumb.shape[2] != 3 or mask.shape != thumb.shape[:2]:
+            problems.append(f"thumbnail {thumb.shape} and tissue_mask {mask.shape} do not match")
+    except Exception as exc:  # noqa: BLE001 - every failure is a finding
+        return [*problems, f"cannot read: {' '.join(str(exc).split())}"]
+    size = (store.tile_size, store.tile_size, 3)
+    for i in range(n):
+        try:
+            tile = store[i]
+        except Exception as exc:  # noqa: BLE001 - every failure is a finding
+            problems.append(f"tile {i} cannot be decoded: {' '.join(str(exc).split())}")
+            if len(problems) >= 10:
+                problems.append("(stopped after 10 problems)")
+                break
+            continue
+        if tile.shape != size:
+            problems.append(f"tile {i} has shape {tile.shape}, expected {size}")
+    return problems
 
 
 def read_attrs(path: str | Path) -> dict[str, Any] | None:
@@ -158,16 +266,32 @@ def read_attrs(path: str | Path) -> dict[str, Any] | None:
         return None
 
 
-class TileStore:
-    """Read access to a complete tile store; ``store[i]`` is tile i, (S, S, 3) uint8, in O(1)."""
+def _damaged(path: Path, what: str) -> DamagedStoreError:
+    return DamagedStoreError(
+        f"tile store {path} is damaged ({what}); run pathssl tile --verify {path.parent} to list "
+        f"the damage, and the same pathssl tile command again to redo it"
+    )
 
-    def __init__(self, path: str | Path) -> None:
+
+class TileStore:
+    """Read access to a complete tile store; ``store[i]`` is tile i, (S, S, 3) uint8, in O(1).
+
+    Opening runs :func:`check_store` (``check=False`` skips it) and raises
+    :class:`tiling.errors.DamagedStoreError` (a ValueError) naming the store when it fails.
+    """
+
+    def __init__(self, path: str | Path, check: bool = True) -> None:
         self.path = Path(path)
         attrs = read_attrs(self.path)
         if attrs is None:
             raise ValueError(f"{self.path}: not a tile store (no zarr.json)")
         if not attrs.get("complete"):
             raise ValueError(f"{self.path}: incomplete tile store (interrupted run?)")
+        if check:
+            problems = check_store(self.path)
+            if problems:
+                more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+                raise _damaged(self.path, problems[0] + more)
         self.attrs: dict[str, Any] = attrs
         self.group = zarr.open_group(str(self.path), mode="r")
         tiles = self.group["tiles"]
@@ -196,14 +320,21 @@ class TileStore:
         """The encoded chunk of tile ``index`` (a JPEG file's bytes for the jpeg codec)."""
         shard, inner = divmod(int(index), self.shard_tiles)
         path = self.path / "tiles" / shard_name(shard)
-        with open(path, "rb") as fh:
+        try:
+            fh = open(path, "rb")  # noqa: SIM115 - closed by the with block below
+        except FileNotFoundError:
+            raise _damaged(self.path, f"tiles/{shard_name(shard)} missing") from None
+        with fh:
             table = self._index.get(shard)
             if table is None:
                 size = self.shard_tiles * 16
-                fh.seek(-(size + 4), os.SEEK_END)
+                try:
+                    fh.seek(-(size + 4), os.SEEK_END)
+                except OSError:
+                    raise _damaged(self.path, f"tiles/{shard_name(shard)} truncated") from None
                 raw = fh.read(size + 4)
                 if google_crc32c.value(raw[:size]) != int.from_bytes(raw[size:], "little"):
-                    raise ValueError(f"{path}: shard index checksum mismatch (corrupt file)")
+                    raise _damaged(self.path, f"tiles/{shard_name(shard)} index checksum mismatch")
                 table = np.frombuffer(raw[:size], "<u8").reshape(-1, 2)
                 if len(self._index) > 256:
                     self._index.clear()
@@ -245,7 +376,8 @@ class TileStore:
 
 
 def open_store(path: str | Path) -> TileStore:
-    """Open a complete tile store written by ``pathssl tile`` (raises ValueError otherwise)."""
+    """Open a complete, undamaged tile store written by ``pathssl tile`` (raises ValueError
+    otherwise: :class:`tiling.errors.DamagedStoreError` names the store and ``--verify``)."""
     return TileStore(path)
 
 
@@ -258,5 +390,5 @@ def find_stores(paths: Iterable[str | Path]) -> list[Path]:
         elif p.is_dir():
             found.extend(q for q in sorted(p.glob("*.zarr")) if (q / "zarr.json").exists())
         else:
-            raise FileNotFoundError(f"{p}: no tile store or folder of stores there")
+            raise InputNotFoundError(f"{p}: no tile store or folder of stores there")
     return found

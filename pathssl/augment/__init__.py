@@ -6,7 +6,9 @@
 * batched torch twins on (B, 3, H, W) tensors, CPU or GPU (``pathssl.augment.torch_ops``):
   ``BatchHEDJitter``, ``BatchRandStainNA``, ``BatchMacenkoNormalize``, ``BatchReinhardNormalize``,
   ``BatchMacenkoAugment``, ``BatchDihedral``, ``BatchRandomResizedCrop``, ``BatchMultiFOVCrop``;
-* view recipes by name (:data:`RECIPES`, :func:`build_recipe`, :func:`load_recipe`);
+* view recipes by name (:data:`RECIPES`, :func:`build_recipe`, :func:`load_recipe`), and the
+  one patch-mask sampler every masked path uses (``random_patch_mask``, in
+  ``pathssl.augment.masking``);
 * :func:`compute_stain_stats` (RandStainNA statistics of tile stores) and :func:`preview_grid`.
 
 The torch names are imported lazily (``from pathssl.augment import BatchHEDJitter`` works).
@@ -48,6 +50,7 @@ _LAZY = {
     "BatchRandomResizedCrop": "torch_ops",
     "BatchReinhardNormalize": "torch_ops",
     "fit_macenko_batch": "torch_ops",
+    "random_patch_mask": "masking",
     "preview_grid": "preview",
     "load_preview_images": "preview",
     "write_preview": "preview",

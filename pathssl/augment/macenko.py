@@ -95,32 +95,39 @@ def normalize_affine(source: MacenkoStains, target: MacenkoStains) -> tuple[np.n
 
 
 def complete_basis(he: np.ndarray) -> np.ndarray:
-    """(2, 3) H, E rows -> (3, 3) with the normalised cross product as a residual third row."""
-    r = np.cross(he[0], he[1])
-    return np.vstack([he, r / max(np.linalg.norm(r), 1e-12)])
+    """(..., 2, 3) H, E rows -> (..., 3, 3) with the normalised cross product as a residual
+    third row."""
+    r = np.cross(he[..., 0, :], he[..., 1, :])
+    r = r / np.maximum(np.linalg.norm(r, axis=-1, keepdims=True), 1e-12)
+    return np.concatenate([he, r[..., None, :]], axis=-2)
 
 
 def perturb_stains(he: np.ndarray, noise: np.ndarray) -> np.ndarray:
-    """Add (2, 3) ``noise`` to (2, 3) unit stain rows and renormalise (kept non-negative)."""
+    """Add (..., 2, 3) ``noise`` to (2, 3) unit stain rows and renormalise (kept
+    non-negative): (..., 2, 3)."""
     p = np.maximum(he + noise, 1e-3)
-    return p / np.linalg.norm(p, axis=1, keepdims=True)
+    return p / np.linalg.norm(p, axis=-1, keepdims=True)
 
 
 def augment_affine(
     he: np.ndarray, noise: np.ndarray, alpha: np.ndarray, beta: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Macenko stain-matrix augmentation as an OD affine map.
+    """Macenko stain-matrix augmentation as an OD affine map, for one parameter draw or a batch
+    of them (both backends build their maps here).
 
     Args:
         he: (2, 3) fixed unit H and E OD rows (fitted once, or :data:`REFERENCE_STAINS`).
-        noise: (2, 3) additive perturbation of the stain rows (0 = unchanged).
-        alpha: (2,) concentration scales; beta: (2,) concentration shifts (OD units).
+        noise: (..., 2, 3) additive perturbation of the stain rows (0 = unchanged).
+        alpha: (..., 2) concentration scales; beta: (..., 2) concentration shifts (OD units).
 
     Returns:
-        ``A`` (3, 3), ``b`` (3,).
+        ``A`` (..., 3, 3), ``b`` (..., 3) in float64.
     """
-    s3 = complete_basis(he)
-    p3 = np.vstack([perturb_stains(he, noise), s3[2]])
-    a3 = np.append(np.asarray(alpha, dtype=np.float64), 1.0)
-    b3 = np.append(np.asarray(beta, dtype=np.float64), 0.0)
-    return np.linalg.inv(s3) @ np.diag(a3) @ p3, b3 @ p3
+    s3 = complete_basis(np.asarray(he, dtype=np.float64))
+    pert = perturb_stains(s3[:2], np.asarray(noise, dtype=np.float64))
+    p3 = np.concatenate([pert, np.broadcast_to(s3[2:], (*pert.shape[:-2], 1, 3))], axis=-2)
+    alpha, beta = np.asarray(alpha, dtype=np.float64), np.asarray(beta, dtype=np.float64)
+    a3 = np.concatenate([alpha, np.ones((*alpha.shape[:-1], 1))], axis=-1)
+    b3 = np.concatenate([beta, np.zeros((*beta.shape[:-1], 1))], axis=-1)
+    A = np.linalg.inv(s3) @ (a3[..., :, None] * np.eye(3)) @ p3
+    return A, (b3[..., None, :] @ p3)[..., 0, :]

@@ -73,9 +73,11 @@ def _grey_patches(view: np.ndarray, mask: np.ndarray, patch: int) -> np.ndarray:
 
 
 def write_preview(path: str | Path, grid: np.ndarray) -> Path:
-    """Write an RGB grid as PNG/JPEG (by suffix); returns the path."""
+    """Write an RGB grid as PNG/JPEG (by suffix) atomically; returns the path."""
+    from tiling.atomic import atomic_path
+
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(p), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {p}")
+    with atomic_path(p) as tmp:
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
+            raise OSError(f"could not write {p}; give --out a .png or .jpg name")
     return p

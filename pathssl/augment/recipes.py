@@ -1,8 +1,14 @@
 """View recipes for SSL methods, registered by name, every parameter explicit (and in configs).
 
-* two views: ``simclr``, ``moco``, ``byol``, ``barlow_twins``;
-* multi-crop (2 global + N local): ``dino``, ``swav``;
-* single view + patch mask: ``mae``, ``maskfeat``.
+* two views: ``simclr``, ``moco`` (:func:`same_views`), ``byol``, ``barlow_twins``
+  (:func:`asymmetric_views`);
+* multi-crop (2 global + N local): ``dino``, ``swav`` (:func:`multi_crop_views`);
+* single view + patch mask: ``mae``, ``maskfeat`` (:func:`masked_view`).
+
+A recipe is one of these families plus a table of its keyword parameters and their defaults
+(``_register``): the parameters that are :class:`ViewSpec` fields make the family's ``view``,
+the others are the family's own. ``inspect.signature(RECIPES.get(name))`` lists them, and an
+unknown keyword is a ``TypeError``.
 
 Pathology defaults (Kang et al. 2023, "Benchmarking self-supervised learning on diverse
 pathology datasets", CVPR): dihedral flips, HED stain jitter, mild brightness / contrast /
@@ -18,8 +24,9 @@ Example::
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -108,20 +115,26 @@ class ViewRecipe:
     def cpu(self, seed: int | None = None) -> Callable[[np.ndarray], dict[str, Any]]:
         """Callable on one (H, W, 3) uint8 tile -> ``{"views": [uint8 HWC, ...], "patch_mask":
         (num_patches,) bool or None}``; seeded runs are reproducible."""
+        import torch
+
+        from .masking import random_patch_mask
+
         composes = []
         for i, (spec, count) in enumerate(self.views):
             c = spec.albu()
             c.set_random_seed(None if seed is None else seed * 1000 + i)
             composes.append((c, count))
-        rng = np.random.default_rng(seed)
+        masks = torch.Generator()
+        if seed is None:
+            masks.seed()
+        else:
+            masks.manual_seed(seed)
 
         def run(image: np.ndarray) -> dict[str, Any]:
             views = [c(image=image)["image"] for c, count in composes for _ in range(count)]
             mask = None
             if self.mask_ratio > 0:
-                k = round(self.mask_ratio * self.num_patches)
-                mask = np.zeros(self.num_patches, dtype=bool)
-                mask[rng.permutation(self.num_patches)[:k]] = True
+                mask = random_patch_mask(1, self.num_patches, self.mask_ratio, masks)[0].numpy()
             return {"views": views, "patch_mask": mask}
 
         return run
@@ -131,7 +144,8 @@ class ViewRecipe:
         ...], "patch_mask": (B, num_patches) bool or None}``; ``forward(x, generator)``."""
         import torch
 
-        from .torch_views import BatchView, random_patch_mask
+        from .masking import random_patch_mask
+        from .torch_views import BatchView
 
         recipe = self
 
@@ -146,217 +160,164 @@ class ViewRecipe:
                 views = [op(x, generator) for op in self.ops]
                 mask = None
                 if recipe.mask_ratio > 0:
-                    mask = random_patch_mask(
-                        x.shape[0], recipe.num_patches, recipe.mask_ratio, generator
-                    ).to(x.device)
+                    n, ratio = recipe.num_patches, recipe.mask_ratio
+                    mask = random_patch_mask(x.shape[0], n, ratio, generator, device=x.device)
                 return {"views": views, "patch_mask": mask}
 
         return _Views()
 
 
-def _base(**kw: Any) -> ViewSpec:
-    clean: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
-    return ViewSpec(**clean)
+def same_views(name: str, view: ViewSpec) -> ViewRecipe:
+    """Two views from one distribution ``view`` (the SimCLR family)."""
+    return ViewRecipe(name, ((view, 2),))
 
 
-@RECIPES.register("simclr")
-def simclr(
-    size: int = 224,
-    scale: tuple[float, float] = (0.2, 1.0),
-    hed_alpha: float = 0.05,
-    hed_beta: float = 0.05,
-    brightness: float = 0.1,
-    contrast: float = 0.1,
-    saturation: float = 0.1,
-    blur_p: float = 0.5,
-    gray_p: float = 0.0,
-) -> ViewRecipe:
-    """Two views from the same distribution (SimCLR, Chen et al. 2020), pathology defaults."""
-    spec = _base(
-        size=size,
-        scale=scale,
-        hed_alpha=hed_alpha,
-        hed_beta=hed_beta,
-        brightness=brightness,
-        contrast=contrast,
-        saturation=saturation,
-        blur_p=blur_p,
-        gray_p=gray_p,
-    )
-    return ViewRecipe("simclr", ((spec, 2),))
-
-
-@RECIPES.register("moco")
-def moco(**kw: Any) -> ViewRecipe:
-    """MoCo v2 (Chen et al. 2020): the SimCLR views (same parameters)."""
-    return replace(simclr(**kw), name="moco")
-
-
-def _asymmetric(
-    name: str,
-    size: int,
-    scale: tuple[float, float],
-    hed_alpha: float,
-    hed_beta: float,
-    brightness: float,
-    contrast: float,
-    saturation: float,
-    solarize_p: float,
-) -> ViewRecipe:
-    common = dict(
-        size=size,
-        scale=scale,
-        hed_alpha=hed_alpha,
-        hed_beta=hed_beta,
-        brightness=brightness,
-        contrast=contrast,
-        saturation=saturation,
-    )
-    v1 = _base(**common, blur_p=1.0)
-    v2 = _base(**common, blur_p=0.1, solarize_p=solarize_p)
+def asymmetric_views(name: str, view: ViewSpec, solarize_p: float) -> ViewRecipe:
+    """Two asymmetric views (the BYOL family): ``view`` always blurred, and ``view`` rarely
+    blurred (p = 0.1) and solarised with ``solarize_p``."""
+    v1 = replace(view, blur_p=1.0)
+    v2 = replace(view, blur_p=0.1, solarize_p=solarize_p)
     return ViewRecipe(name, ((v1, 1), (v2, 1)))
 
 
-@RECIPES.register("byol")
-def byol(
-    size: int = 224,
-    scale: tuple[float, float] = (0.2, 1.0),
-    hed_alpha: float = 0.05,
-    hed_beta: float = 0.05,
-    brightness: float = 0.1,
-    contrast: float = 0.1,
-    saturation: float = 0.1,
-    solarize_p: float = 0.2,
-) -> ViewRecipe:
-    """Two asymmetric views (BYOL, Grill et al. 2020): always blur one, solarise the other."""
-    return _asymmetric(
-        "byol", size, scale, hed_alpha, hed_beta, brightness, contrast, saturation, solarize_p
-    )
-
-
-@RECIPES.register("barlow_twins")
-def barlow_twins(
-    size: int = 224,
-    scale: tuple[float, float] = (0.2, 1.0),
-    hed_alpha: float = 0.05,
-    hed_beta: float = 0.05,
-    brightness: float = 0.1,
-    contrast: float = 0.1,
-    saturation: float = 0.1,
-    solarize_p: float = 0.2,
-) -> ViewRecipe:
-    """Two asymmetric views as in Barlow Twins (Zbontar et al. 2021)."""
-    return _asymmetric(
-        "barlow_twins",
-        size,
-        scale,
-        hed_alpha,
-        hed_beta,
-        brightness,
-        contrast,
-        saturation,
-        solarize_p,
-    )
-
-
-def _multicrop(
+def multi_crop_views(
     name: str,
-    size: int,
-    local_size: int,
-    n_local: int,
+    view: ViewSpec,
     global_scale: tuple[float, float],
-    local_scale: tuple[float, float],
-    hed_alpha: float,
-    hed_beta: float,
     solarize_p: float,
+    local_size: int,
+    local_scale: tuple[float, float],
+    n_local: int,
 ) -> ViewRecipe:
-    g1 = _base(size=size, scale=global_scale, hed_alpha=hed_alpha, hed_beta=hed_beta, blur_p=1.0)
-    g2 = replace(g1, blur_p=0.1, solarize_p=solarize_p)
-    loc = replace(g1, size=local_size, scale=(local_scale[0], local_scale[1]), blur_p=0.5)
-    views = ((g1, 1), (g2, 1)) + (((loc, n_local),) if n_local > 0 else ())
-    return ViewRecipe(name, views)
+    """Multi-crop: the 2 :func:`asymmetric_views` of ``view`` cropped with ``global_scale``,
+    then ``n_local`` local views (``local_size``, ``local_scale``, blur p = 0.5)."""
+    globals_ = asymmetric_views(name, replace(view, scale=global_scale), solarize_p).views
+    loc = replace(globals_[0][0], size=local_size, scale=local_scale, blur_p=0.5)
+    return ViewRecipe(name, globals_ + (((loc, n_local),) if n_local > 0 else ()))
 
 
-@RECIPES.register("dino")
-def dino(
-    size: int = 224,
-    local_size: int = 96,
-    n_local: int = 6,
-    global_scale: tuple[float, float] = (0.4, 1.0),
-    local_scale: tuple[float, float] = (0.05, 0.4),
-    hed_alpha: float = 0.05,
-    hed_beta: float = 0.05,
-    solarize_p: float = 0.2,
-) -> ViewRecipe:
-    """Multi-crop (DINO, Caron et al. 2021): 2 global + ``n_local`` local views."""
-    return _multicrop(
-        "dino",
-        size,
-        local_size,
-        n_local,
-        global_scale,
-        local_scale,
-        hed_alpha,
-        hed_beta,
-        solarize_p,
-    )
-
-
-@RECIPES.register("swav")
-def swav(
-    size: int = 224,
-    local_size: int = 96,
-    n_local: int = 6,
-    global_scale: tuple[float, float] = (0.14, 1.0),
-    local_scale: tuple[float, float] = (0.05, 0.14),
-    hed_alpha: float = 0.05,
-    hed_beta: float = 0.05,
-) -> ViewRecipe:
-    """Multi-crop (SwAV, Caron et al. 2020): 2 global + ``n_local`` local views."""
-    return _multicrop(
-        "swav", size, local_size, n_local, global_scale, local_scale, hed_alpha, hed_beta, 0.0
-    )
-
-
-def _masked(
-    name: str,
-    size: int,
-    scale: tuple[float, float],
-    mask_ratio: float,
-    patch_size: int,
-    hed_alpha: float,
-    hed_beta: float,
-) -> ViewRecipe:
-    spec = _base(
-        size=size, scale=scale, hed_alpha=hed_alpha, hed_beta=hed_beta, color_p=0.0, blur_p=0.0
-    )
+def masked_view(name: str, view: ViewSpec, mask_ratio: float, patch_size: int) -> ViewRecipe:
+    """One view without colour jitter or blur + a random patch mask of ``mask_ratio`` over
+    ``patch_size`` patches (:func:`pathssl.augment.masking.random_patch_mask`)."""
+    spec = replace(view, color_p=0.0, blur_p=0.0)
     return ViewRecipe(name, ((spec, 1),), mask_ratio=mask_ratio, patch_size=patch_size)
 
 
-@RECIPES.register("mae")
-def mae(
-    size: int = 224,
-    scale: tuple[float, float] = (0.2, 1.0),
-    mask_ratio: float = 0.75,
-    patch_size: int = 16,
-    hed_alpha: float = 0.05,
-    hed_beta: float = 0.05,
-) -> ViewRecipe:
-    """One view + random patch mask (MAE, He et al. 2022)."""
-    return _masked("mae", size, scale, mask_ratio, patch_size, hed_alpha, hed_beta)
+_VIEW_FIELDS = {f.name for f in fields(ViewSpec)}
+#: the stain and colour parameters of the jittered recipes, with their defaults
+_COLOUR: dict[str, Any] = {
+    "size": 224,
+    "scale": (0.2, 1.0),
+    "hed_alpha": 0.05,
+    "hed_beta": 0.05,
+    "brightness": 0.1,
+    "contrast": 0.1,
+    "saturation": 0.1,
+}
+_MULTI_CROP: dict[str, Any] = {
+    "size": 224,
+    "local_size": 96,
+    "n_local": 6,
+    "global_scale": (0.4, 1.0),
+    "local_scale": (0.05, 0.4),
+    "hed_alpha": 0.05,
+    "hed_beta": 0.05,
+    "solarize_p": 0.2,
+}
+_MASKED: dict[str, Any] = {
+    "size": 224,
+    "scale": (0.2, 1.0),
+    "mask_ratio": 0.75,
+    "patch_size": 16,
+    "hed_alpha": 0.05,
+    "hed_beta": 0.05,
+}
 
 
-@RECIPES.register("maskfeat")
-def maskfeat(
-    size: int = 224,
-    scale: tuple[float, float] = (0.5, 1.0),
-    mask_ratio: float = 0.4,
-    patch_size: int = 16,
-    hed_alpha: float = 0.05,
-    hed_beta: float = 0.05,
-) -> ViewRecipe:
-    """One view + random patch mask (MaskFeat, Wei et al. 2022; random, not block, masking)."""
-    return _masked("maskfeat", size, scale, mask_ratio, patch_size, hed_alpha, hed_beta)
+def _register(
+    name: str, family: Callable[..., ViewRecipe], doc: str, params: dict[str, Any]
+) -> None:
+    """Register the recipe ``name``: keyword parameters ``params`` (name -> default, in
+    order; ``inspect.signature(RECIPES.get(name))`` lists them) -> ``family(name, view,
+    **its own parameters)``, where ``view`` is a :class:`ViewSpec` of the other parameters."""
+    own = [k for k in inspect.signature(family).parameters if k not in ("name", "view")]
+    sig = inspect.Signature(
+        [
+            inspect.Parameter(
+                k, inspect.Parameter.KEYWORD_ONLY, default=v, annotation=_annotation(v)
+            )
+            for k, v in params.items()
+        ],
+        return_annotation=ViewRecipe,
+    )
+
+    def recipe(**kwargs: Any) -> ViewRecipe:
+        try:
+            bound = sig.bind(**kwargs)
+        except TypeError as e:
+            raise TypeError(f"augment recipe {name!r}: {e}") from None
+        bound.apply_defaults()
+        args: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in bound.arguments.items()
+        }
+        view = ViewSpec(**{k: v for k, v in args.items() if k not in own})
+        return family(name, view, **{k: v for k, v in args.items() if k in own})
+
+    unknown = set(params) - set(own) - _VIEW_FIELDS
+    if unknown or set(own) - set(params):
+        raise TypeError(f"recipe {name!r}: parameters {params} do not fit {family.__name__}")
+    recipe.__signature__ = sig  # type: ignore[attr-defined]
+    recipe.__doc__, recipe.__name__, recipe.__qualname__ = doc, name, name
+    RECIPES.register(name)(recipe)
+
+
+def _annotation(default: Any) -> Any:
+    return tuple[float, float] if isinstance(default, tuple) else type(default)
+
+
+_register(
+    "simclr",
+    same_views,
+    "Two views from the same distribution (SimCLR, Chen et al. 2020), pathology defaults.",
+    {**_COLOUR, "blur_p": 0.5, "gray_p": 0.0},
+)
+_register(
+    "moco",
+    same_views,
+    "MoCo v2 (Chen et al. 2020): the SimCLR views (same parameters).",
+    {**_COLOUR, "blur_p": 0.5, "gray_p": 0.0},
+)
+_register(
+    "byol",
+    asymmetric_views,
+    "Two asymmetric views (BYOL, Grill et al. 2020): always blur one, solarise the other.",
+    {**_COLOUR, "solarize_p": 0.2},
+)
+_register(
+    "barlow_twins",
+    asymmetric_views,
+    "Two asymmetric views as in Barlow Twins (Zbontar et al. 2021).",
+    {**_COLOUR, "solarize_p": 0.2},
+)
+_register(
+    "dino",
+    multi_crop_views,
+    "Multi-crop (DINO, Caron et al. 2021): 2 global + ``n_local`` local views.",
+    _MULTI_CROP,
+)
+_register(
+    "swav",
+    multi_crop_views,
+    "Multi-crop (SwAV, Caron et al. 2020): 2 global + ``n_local`` local views, no solarisation.",
+    {**_MULTI_CROP, "global_scale": (0.14, 1.0), "local_scale": (0.05, 0.14), "solarize_p": 0.0},
+)
+_register("mae", masked_view, "One view + random patch mask (MAE, He et al. 2022).", _MASKED)
+_register(
+    "maskfeat",
+    masked_view,
+    "One view + random patch mask (MaskFeat, Wei et al. 2022; random, not block, masking).",
+    {**_MASKED, "scale": (0.5, 1.0), "mask_ratio": 0.4},
+)
 
 
 def build_recipe(name: str, **params: Any) -> ViewRecipe:

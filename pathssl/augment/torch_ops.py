@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .macenko import MacenkoStains, fit_macenko
+from .macenko import MacenkoStains, augment_affine, fit_macenko
 from .randstainna import StainStats
 from .reinhard import fit_reinhard
 from .torch_color import _log_intensity, hed_jitter_affine, od_affine, restandardise
@@ -208,19 +208,14 @@ class BatchMacenkoAugment(BatchOp):
         }
 
     def transform(self, x: torch.Tensor, **params: torch.Tensor) -> torch.Tensor:
+        A, b = augment_affine(
+            self.stains.matrix,
+            *(params[k].detach().cpu().numpy() for k in ("noise", "alpha", "beta")),
+        )
         dev = x.device
-        he = torch.as_tensor(self.stains.matrix, dtype=torch.float64)
-        r = torch.linalg.cross(he[0], he[1])
-        s3 = torch.cat([he, (r / r.norm())[None]])
-        pert = (he + params["noise"].double()).clamp_min(1e-3)
-        pert = pert / pert.norm(dim=-1, keepdim=True)
-        p3 = torch.cat([pert, s3[2].expand(len(pert), 1, 3)], dim=1)
-        one = torch.ones(len(pert), 1, dtype=torch.float64)
-        a3 = torch.cat([params["alpha"].double(), one], dim=1)
-        b3 = torch.cat([params["beta"].double(), 0 * one], dim=1)
-        A = torch.linalg.inv(s3) @ torch.diag_embed(a3) @ p3
-        b = (b3[:, None] @ p3)[:, 0]
-        return od_affine(x, A.float().to(dev), b.float().to(dev))
+        return od_affine(
+            x, torch.from_numpy(A).float().to(dev), torch.from_numpy(b).float().to(dev)
+        )
 
 
 class BatchDihedral(BatchOp):

@@ -90,13 +90,3 @@ class BatchView(torch.nn.Module):
             on = (torch.rand(n, generator=g) < sp.solarize_p).to(y.device)[:, None, None, None]
             y = torch.where(on & (y >= 0.5), 1.0 - y, y)
         return y
-
-
-def random_patch_mask(
-    n: int, num_patches: int, ratio: float, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """MAE-style random patch mask: (n, num_patches) bool, True = masked, exactly
-    ``round(ratio * num_patches)`` per sample."""
-    k = round(ratio * num_patches)
-    order = torch.rand(n, num_patches, generator=generator).argsort(dim=1)
-    return order < k

@@ -3,14 +3,15 @@
 ``pathssl embed tiles/SLIDE.zarr --checkpoint runs/simclr/last.pt --out SLIDE-feats.zarr``
 writes a zarr v3 group with ``features`` (N, D) float32 and ``coords`` (N, 2) int64 (level-0
 x, y), row ``i`` for tile ``i`` of the store, atomically. Tiles are used at their stored size
-and normalised with the mean/std recorded in the checkpoint. Library function:
+and normalised with the mean/std recorded in the checkpoint. OUT may not be, hold or lie inside
+the store or the checkpoint; an existing OUT is replaced only when it is an earlier embed output
+and --force is given (checked before anything is computed). Library function:
 ``pathssl.train.embed.embed_store(store, checkpoint, out)``.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,23 +21,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument(
+        "--force", action="store_true", help="replace OUT when it is an earlier embed output"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathssl.data import EmptyDatasetError
     from pathssl.train.embed import embed_store
 
-    try:
-        out = embed_store(
-            args.store,
-            args.checkpoint,
-            args.out,
-            batch_size=args.batch_size,
-            device=args.device,
-            num_workers=args.num_workers,
-        )
-    except (ValueError, FileNotFoundError, EmptyDatasetError) as exc:
-        print(f"embed: error: {exc}", file=sys.stderr)
-        return 2
+    out = embed_store(
+        args.store,
+        args.checkpoint,
+        args.out,
+        batch_size=args.batch_size,
+        device=args.device,
+        num_workers=args.num_workers,
+        force=args.force,
+    )
     print(f"features -> {out}")
     return 0

@@ -31,6 +31,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tiling.errors import UsageError
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="nuclei_command", metavar="{train,predict,evaluate,...}")
@@ -38,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config, exit")
     p = sub.add_parser("predict", help="nuclei of images and whole-slide images")
     p.add_argument("input", nargs="+", help="images (.png/.jpg), slides, or folders of them")
     p.add_argument("--force", action="store_true", help="redo inputs whose outputs exist")
@@ -60,27 +63,78 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--radius", type=float, default=12.0, help="detection radius, px (12: 40x; 6: 20x)"
     )
     p.add_argument("--out", default=None, help="metrics JSON (default: stdout)")
+    p.add_argument("--force", action="store_true", help="replace --out (an earlier metrics file)")
     p = sub.add_parser("label-efficiency", help="train on 10/30/100%% of the labels, plot")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config, exit")
 
 
-def load_maps(path: str | Path, types_path: str | Path | None = None) -> tuple[Any, Any]:
+INST_KEYS = ("inst", "nuc_raster")
+TYPE_KEYS = ("types", "nuc_raster")
+
+
+def _npz(path: str | Path, option: str) -> Any:
+    """The arrays of an ``.npz`` file, or a one-line ``UsageError`` naming it and the option."""
+    import zipfile
+
+    import numpy as np
+
+    if not Path(path).is_file():
+        raise UsageError(f"{option} {path}: no such file")
+    try:
+        d = np.load(path)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise UsageError(f"{option} {path}: not a readable .npz file ({exc})") from None
+    if not hasattr(d, "files"):
+        raise UsageError(f"{option} {path}: a .npy array, expected an .npz with keys 'inst' ...")
+    return d
+
+
+def _key(d: Any, path: str | Path, option: str, keys: Sequence[str], what: str) -> Any:
+    """The first of ``keys`` in the npz ``d``; else a one-line error naming the file, the keys
+    it has and the keys expected."""
+    for k in keys:
+        if k in d.files:
+            return d[k]
+    expected = " or ".join(repr(k) for k in keys)
+    raise UsageError(
+        f"{option} {path}: no {what} map; expected key {expected}, the file has "
+        f"{', '.join(map(repr, d.files)) or 'no arrays'}"
+    )
+
+
+def load_maps(
+    path: str | Path, types_path: str | Path | None = None, option: str = "--true"
+) -> tuple[Any, Any]:
     """(instance map, type map) from our ``.npz`` (inst/types), a ``nuc_raster`` pair or .mat."""
     import numpy as np
 
     from pathssl.nuclei.data import load_mat_labels
 
     if str(path).endswith(".mat"):
-        return load_mat_labels(path)
-    d = np.load(path)
-    inst = d["inst"] if "inst" in d else d["nuc_raster"]
+        if not Path(path).is_file():
+            raise UsageError(f"{option} {path}: no such file")
+        try:
+            return load_mat_labels(path)
+        except KeyError as exc:
+            raise UsageError(
+                f"{option} {path}: no {exc.args[0]!r} in the .mat file; expected CoNSeP/Lizard "
+                "labels (inst_map, and type_map or class + id)"
+            ) from None
+    d = _npz(path, option)
+    inst = _key(d, path, option, INST_KEYS, "instance")
     if types_path is not None:
-        t = np.load(types_path)
-        types = t["types"] if "types" in t else t["nuc_raster"]
+        t = _npz(types_path, "--true-types")
+        types = _key(t, types_path, "--true-types", TYPE_KEYS, "type")
     else:
-        types = d["types"] if "types" in d else (inst > 0).astype(np.int32)
+        types = d["types"] if "types" in d.files else (inst > 0).astype(np.int32)
+    if np.shape(types) != np.shape(inst):
+        raise UsageError(
+            f"{option} {path}: type map {np.shape(types)} and instance map {np.shape(inst)} "
+            "differ in shape"
+        )
     return inst, types
 
 
@@ -93,23 +147,31 @@ def run(args: argparse.Namespace) -> int:
         "label-efficiency": _label_efficiency,
     }
     if cmd not in handlers:
-        print("nuclei: choose train, predict, evaluate or label-efficiency", file=sys.stderr)
+        print(
+            "pathssl nuclei: error: no subcommand; choose train, predict, evaluate or "
+            "label-efficiency",
+            file=sys.stderr,
+        )
         return 2
-    try:
-        return handlers[cmd](args)
-    except (ValueError, FileNotFoundError, KeyError) as exc:
-        print(f"nuclei {cmd}: error: {exc}", file=sys.stderr)
-        return 2
+    return handlers[cmd](args)  # errors: one line and exit code by pathssl.cli.main
+
+
+def _print_config(cfg: Any) -> int:
+    """``--print-config``: the composed, overridden, checked config as YAML; no work done."""
+    from pathssl.config import dump
+
+    print(dump(cfg), end="")
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
     from pathssl.nuclei.config import load_config
-    from pathssl.nuclei.label_efficiency import predict_images, validation_predictor
-    from pathssl.nuclei.scores import score_images
-    from pathssl.nuclei.splits import load_data
+    from pathssl.nuclei.label_efficiency import held_apart_scores
     from pathssl.nuclei.train import train_nuclei
 
     cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        return _print_config(cfg)
     res = train_nuclei(cfg, progress=not args.no_progress)
     print(f"checkpoint -> {res.checkpoint} ({res.seconds:.0f} s)")
     if cfg.train.val_every > 0:
@@ -117,12 +179,9 @@ def _train(args: argparse.Namespace) -> int:
             f"weights of step {res.meta.get('best_step')} (best validation "
             f"{cfg.train.monitor}); the scores below are on the images that selected them"
         )
-    _, val = load_data(cfg.data)
-    if val:
-        pred = validation_predictor(res.model, cfg)
-        scores = score_images(val, predict_images(pred, val))
-        path = Path(cfg.train.out_dir) / "val_metrics.json"
-        path.write_text(json.dumps(scores, indent=2))
+    out = Path(cfg.train.out_dir) / "val_metrics.json"
+    scores = held_apart_scores(res.model, cfg, float(res.meta["mpp"]), out)  # the model's mpp
+    if scores is not None:
         print(json.dumps({k: scores[k] for k in ("pq", "mpq_plus", "aji", "f1_detection")}))
     return 0
 
@@ -134,14 +193,19 @@ def _predict(args: argparse.Namespace) -> int:
     from pathssl.nuclei.train import load_nuclei_model
     from pathssl.train.distributed import pick_device
 
+    _check_predict_args(args)
     device = pick_device(args.device)
     model, meta = load_nuclei_model(args.checkpoint, str(device))
     pcfg = meta["config"]["predict"]
+    window = pcfg["window"] if args.window is None else args.window
+    overlap = pcfg["overlap"] if args.overlap is None else args.overlap
+    if not 0 <= overlap < window:
+        raise UsageError(f"--overlap must be in [0, window {window}), got {overlap}")
     predictor = NucleiPredictor(
         model,
-        window=args.window or pcfg["window"],
-        overlap=args.overlap if args.overlap is not None else pcfg["overlap"],
-        batch_size=args.batch_size or pcfg["batch_size"],
+        window=window,
+        overlap=overlap,
+        batch_size=pcfg["batch_size"] if args.batch_size is None else args.batch_size,
         device=device,
         postprocess_cfg=PostProcessConfig(**meta["config"]["postprocess"]),
         progress=not args.no_progress,
@@ -162,10 +226,33 @@ def _predict(args: argparse.Namespace) -> int:
         f"{counts['done']} done, {counts['skipped']} skipped (outputs exist; --force redoes them), "
         f"{counts['failed']} failed -> {Path(args.out) / 'nuclei_manifest.csv'}"
     )
-    if not rows:
-        print("nuclei predict: error: no image or slide in the inputs", file=sys.stderr)
-        return 2
     return 1 if counts["failed"] else 0
+
+
+def _check_predict_args(args: argparse.Namespace) -> None:
+    """Bad numbers, inputs without an image or slide, and an output folder that may not be
+    written are refused before the model is loaded (``UsageError``: exit code 2)."""
+    from pathssl.nuclei.batch import check_predict_output, find_inputs
+
+    for name in ("mpp", "assume_mpp"):
+        value = getattr(args, name)
+        if value is not None and not value > 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be > 0 um/px, got {value}")
+    if args.window is not None and args.window < 32:
+        raise UsageError(f"--window must be >= 32 px, got {args.window}; omit it for the model's")
+    if args.overlap is not None and args.overlap < 0:
+        raise UsageError(f"--overlap must be >= 0 px, got {args.overlap}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.region is not None and (min(args.region[:2]) < 0 or min(args.region[2:]) < 1):
+        raise UsageError(f"--region X Y W H needs X, Y >= 0 and W, H >= 1, got {args.region}")
+    if not Path(args.checkpoint).is_file():
+        raise UsageError(f"--checkpoint {args.checkpoint}: no such file; give a nuclei.pt")
+    if not find_inputs(args.input):
+        raise UsageError(
+            f"no image (.png/.jpg/.bmp) or slide in {' '.join(args.input)}; check the inputs"
+        )
+    check_predict_output(args.out, args.input, args.checkpoint)
 
 
 def load_pannuke_truth(folder: str | Path) -> tuple[list[tuple[Any, Any]], list[str]]:
@@ -190,9 +277,14 @@ def load_predictions(paths: Sequence[str]) -> list[tuple[Any, Any]]:
 
     out: list[tuple[Any, Any]] = []
     for path in paths:
-        d = np.load(path)
-        inst = d["inst"] if "inst" in d else d["nuc_raster"]
-        types = d["types"] if "types" in d else (inst > 0).astype(np.int32)
+        d = _npz(path, "--pred")
+        inst = _key(d, path, "--pred", INST_KEYS, "instance")
+        types = d["types"] if "types" in d.files else (inst > 0).astype(np.int32)
+        if np.shape(types) != np.shape(inst) or inst.ndim not in (2, 3):
+            raise UsageError(
+                f"--pred {path}: expected 'inst' and 'types' of one shape, (H, W) or (N, H, W); "
+                f"got {np.shape(inst)} and {np.shape(types)}"
+            )
         if inst.ndim == 3:
             out.extend(zip(list(inst), list(types), strict=True))
         else:
@@ -200,27 +292,67 @@ def load_predictions(paths: Sequence[str]) -> list[tuple[Any, Any]]:
     return out
 
 
+def is_metrics_file(path: Path) -> bool:
+    """Whether ``path`` is a metrics JSON that ``nuclei evaluate`` wrote."""
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(d, dict) and {"pq", "sq", "dq", "aji"} <= set(d)
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from pathssl.nuclei.scores import nuclei_scores
+    from tiling.atomic import atomic_write
+    from tiling.outputs import check_output_file
 
+    if args.radius <= 0:
+        raise UsageError(f"--radius must be > 0 px, got {args.radius}")
+    if args.out:
+        check_output_file(
+            args.out,
+            inputs=[*args.pred, *args.true, *(args.true_types or [])],
+            force=args.force,
+            is_ours=is_metrics_file,
+            command="nuclei evaluate",
+        )
     tissues = None
     if len(args.true) == 1 and Path(args.true[0]).is_dir():
+        if not (Path(args.true[0]) / "masks.npy").is_file():
+            raise UsageError(
+                f"--true {args.true[0]}: a folder, but no masks.npy in it; give a PanNuke fold "
+                "folder (masks.npy, types.npy) or .npz/.mat label files"
+            )
         trues, names = load_pannuke_truth(args.true[0])
         tissues = names or None
     else:
         if args.true_types is not None and len(args.true_types) != len(args.true):
-            raise ValueError(f"{len(args.true_types)} --true-types for {len(args.true)} --true")
+            raise UsageError(
+                f"{len(args.true_types)} --true-types files for {len(args.true)} --true files; "
+                "give one type map per label file"
+            )
         ttypes = args.true_types or [None] * len(args.true)
         trues = [load_maps(t, tt) for t, tt in zip(args.true, ttypes, strict=True)]
     preds = load_predictions(args.pred)
     if args.tissues is not None:
         tissues = list(args.tissues)
     if tissues is not None and len(tissues) != len(trues):
-        raise ValueError(f"{len(tissues)} tissue names for {len(trues)} images")
+        raise UsageError(f"{len(tissues)} --tissues names for {len(trues)} images; give one each")
+    if len(preds) != len(trues):
+        raise UsageError(
+            f"{len(preds)} predicted images (--pred {' '.join(args.pred)}) for {len(trues)} "
+            f"labelled images (--true {' '.join(args.true)}); give one prediction per label map"
+        )
+    for k, ((ti, _), (pi, _)) in enumerate(zip(trues, preds, strict=True)):
+        if ti.shape != pi.shape:
+            raise UsageError(
+                f"image {k}: prediction {pi.shape} and labels {ti.shape} differ in size "
+                f"(--pred {' '.join(args.pred)}, --true {' '.join(args.true)}); pair them in order"
+            )
     scores = nuclei_scores(trues, preds, tissues, radius=args.radius)
     text = json.dumps(scores, indent=2, default=float)
     if args.out:
-        Path(args.out).write_text(text)
+        atomic_write(args.out, text)
     else:
         print(text)
     return 0
@@ -232,6 +364,8 @@ def _label_efficiency(args: argparse.Namespace) -> int:
     from pathssl.nuclei.scores import score_images
 
     cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        return _print_config(cfg)
     report = run_label_efficiency(cfg, score_images, progress=not args.no_progress)
     for r in report["runs"]:
         print(f"{r['fraction']:>5.0%}: PQ {r['pq']:.3f}  mPQ+ {r.get('mpq_plus')}")

@@ -27,7 +27,8 @@ def run(args: argparse.Namespace) -> int:
     import yaml
 
     from pathssl.data import EmptyDatasetError
-    from pathssl.train import ConfigError, TrainingDiverged, build_trainer, load_config
+    from pathssl.train import TrainingDiverged, build_trainer, load_config
+    from pathssl.train.assemble import start
     from pathssl.train.config import to_dict
     from pathssl.train.distributed import cleanup_distributed
 
@@ -37,11 +38,12 @@ def run(args: argparse.Namespace) -> int:
             print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
             return 0
         trainer = build_trainer(cfg)
-    except (ConfigError, EmptyDatasetError, FileNotFoundError) as exc:
+        resumed = start(trainer, cfg.train)  # a damaged or foreign last.pt: an error here
+    except (ValueError, EmptyDatasetError, FileNotFoundError) as exc:  # ConfigError included
         print(f"pretrain: error: {exc}", file=sys.stderr)
         return 2
     try:
-        if cfg.train.resume and trainer.resume():
+        if resumed:
             print(f"resumed from {trainer.checkpoint_path} at step {trainer.step}", flush=True)
         trainer.fit()
     except TrainingDiverged as exc:

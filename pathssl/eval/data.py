@@ -9,12 +9,17 @@ Layouts (each gives a :class:`LabelledTiles`):
 
 Class names are sorted strings unless ``class_names`` fixes the order; rows with an empty label
 are skipped. Images are read with OpenCV, converted to RGB and resized to ``size x size``.
+
+Resolution: a :class:`LabelledTiles` carries its ``mpp`` (a tile store records it; folders and
+CSVs take it as an argument, e.g. from a config). :class:`TileImages` given the encoder's
+``target_mpp`` resamples tiles whose mpp differs from it by more than 10 % (then centre-crops, or
+reflect-pads, to ``size``) and says so; tiles with no mpp are taken at the encoder's.
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,15 +42,15 @@ class LabelledTiles:
     labels: NDArray[np.int64]
     class_names: list[str]
     store: Path | None = None
+    mpp: float | None = None  # micrometres per pixel of the images (None: not known)
 
     def __len__(self) -> int:
         return len(self.sources)
 
     def subset(self, index: Sequence[int] | NDArray[np.int64]) -> LabelledTiles:
         src = [self.sources[int(i)] for i in index]
-        return LabelledTiles(
-            src, self.labels[np.asarray(index, dtype=np.int64)], self.class_names, self.store
-        )
+        labels = self.labels[np.asarray(index, dtype=np.int64)]
+        return LabelledTiles(src, labels, self.class_names, self.store, self.mpp)
 
 
 def _encode(
@@ -59,8 +64,10 @@ def _encode(
     return np.array([lookup[n] for n in names], dtype=np.int64), classes
 
 
-def image_folder(root: str | Path, class_names: Sequence[str] | None = None) -> LabelledTiles:
-    """ImageFolder layout: one sub-folder per class."""
+def image_folder(
+    root: str | Path, class_names: Sequence[str] | None = None, mpp: float | None = None
+) -> LabelledTiles:
+    """ImageFolder layout: one sub-folder per class; images at ``mpp`` (None: not known)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} not found")
@@ -74,7 +81,7 @@ def image_folder(root: str | Path, class_names: Sequence[str] | None = None) -> 
     if not paths:
         raise ValueError(f"no images in class folders under {root}")
     labels, classes = _encode(names, class_names)
-    return LabelledTiles(paths, labels, classes)
+    return LabelledTiles(paths, labels, classes, mpp=mpp)
 
 
 def _read_rows(path: Path, key_column: str, label_column: str) -> list[tuple[str, str]]:
@@ -96,8 +103,9 @@ def csv_images(
     label_column: str = "label",
     root: str | Path | None = None,
     class_names: Sequence[str] | None = None,
+    mpp: float | None = None,
 ) -> LabelledTiles:
-    """A CSV of ``path,label`` rows (column names configurable)."""
+    """A CSV of ``path,label`` rows (column names configurable); images at ``mpp``."""
     csv_path = Path(csv_path)
     base = Path(root) if root is not None else csv_path.parent
     rows = _read_rows(csv_path, path_column, label_column)
@@ -108,7 +116,7 @@ def csv_images(
             f"{len(missing)} images listed in {csv_path} not found, e.g. {missing[0]}"
         )
     labels, classes = _encode([r[1] for r in rows], class_names)
-    return LabelledTiles(paths, labels, classes)
+    return LabelledTiles(paths, labels, classes, mpp=mpp)
 
 
 def store_tiles(
@@ -118,27 +126,65 @@ def store_tiles(
     label_column: str = "label",
     class_names: Sequence[str] | None = None,
 ) -> LabelledTiles:
-    """Tiles of a tile store selected and labelled by a CSV of ``index,label`` rows."""
+    """Tiles of a tile store selected and labelled by a CSV of ``index,label`` rows, at the
+    store's tile mpp."""
     from tiling.store import open_store
 
     store = Path(store)
-    n = len(open_store(store))
+    opened = open_store(store)
+    n, mpp = len(opened), float(opened.mpp)
     rows = _read_rows(Path(labels_csv), index_column, label_column)
     index = [int(r[0]) for r in rows]
     bad = [i for i in index if not 0 <= i < n]
     if bad:
         raise ValueError(f"tile indices {bad[:5]} out of range for {store} ({n} tiles)")
     labels, classes = _encode([r[1] for r in rows], class_names)
-    return LabelledTiles(index, labels, classes, store)
+    return LabelledTiles(index, labels, classes, store, mpp)
+
+
+def check_classes(
+    labels: NDArray[np.int64],
+    class_names: Sequence[str] | None = None,
+    min_per_class: int = 2,
+    where: str = "data.source: the labelled tiles",
+) -> None:
+    """Raise ``tiling.errors.UsageError`` unless ``labels`` hold at least two classes and every
+    class present has at least ``min_per_class`` items (a split needs one on each side)."""
+    from tiling.errors import UsageError
+
+    values, counts = np.unique(np.asarray(labels), return_counts=True)
+
+    def name(c: int) -> str:
+        return repr(class_names[c]) if class_names is not None and c < len(class_names) else str(c)
+
+    if values.size < 2:
+        only = f"only class {name(int(values[0]))}" if values.size else "no labelled tile"
+        raise UsageError(
+            f"{where} have {only} ({int(counts.sum())} tiles); classification needs at least 2 "
+            "classes: label tiles of two or more classes"
+        )
+    few = [f"{name(int(c))}: {int(n)}" for c, n in zip(values, counts, strict=True)]
+    few = [f for f, n in zip(few, counts, strict=True) if n < min_per_class]
+    if few:
+        raise UsageError(
+            f"{where}: classes with fewer than {min_per_class} tiles ({', '.join(few)}); a "
+            "train/test split needs one tile of each class on each side: add tiles or drop "
+            "those classes"
+        )
 
 
 def stratified_split(
-    labels: NDArray[np.int64], test_fraction: float, seed: int = 0
+    labels: NDArray[np.int64],
+    test_fraction: float,
+    seed: int = 0,
+    class_names: Sequence[str] | None = None,
 ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     """``(train, test)`` indices with about ``test_fraction`` of each class in test (at least one
-    test and one train item for every class with two or more items)."""
+    test and one train item for every class). Fewer than two classes, or a class with fewer
+    than two items, is a ``UsageError`` (:func:`check_classes`)."""
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    check_classes(labels, class_names)
     rng = np.random.default_rng(seed)
     train, test = [], []
     for c in np.unique(labels):
@@ -157,12 +203,63 @@ def _resize(img: NDArray[np.uint8], size: int) -> NDArray[np.uint8]:
     return np.asarray(cv2.resize(img, (size, size), interpolation=interp), dtype=np.uint8)
 
 
-class TileImages(Dataset[tuple[Tensor, int]]):
-    """Items ``((3, size, size) uint8 RGB tensor, label)`` of a :class:`LabelledTiles`."""
+def _at_mpp(img: NDArray[np.uint8], factor: float, size: int) -> NDArray[np.uint8]:
+    """``img`` resampled by ``factor`` (new px per old px), then centre-cropped where it is
+    larger than ``size`` and reflect-padded where it is smaller -> ``(size, size, 3)``."""
+    from tiling.slide import resize_rgb
 
-    def __init__(self, tiles: LabelledTiles, size: int = 224) -> None:
+    h, w = img.shape[:2]
+    img = resize_rgb(img, max(1, round(w * factor)), max(1, round(h * factor)))
+    h, w = img.shape[:2]
+    y, x = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    img = img[y : y + size, x : x + size]
+    h, w = img.shape[:2]
+    if (h, w) != (size, size):
+        top, left = (size - h) // 2, (size - w) // 2
+        pad = (top, size - h - top, left, size - w - left)
+        img = np.asarray(cv2.copyMakeBorder(img, *pad, borderType=cv2.BORDER_REFLECT_101))
+        if img.shape[:2] != (size, size):  # reflection needs 2+ px; tiny images are repeated
+            img = np.asarray(cv2.resize(img, (size, size), interpolation=cv2.INTER_NEAREST))
+    return np.ascontiguousarray(img, dtype=np.uint8)
+
+
+def mpp_note(data_mpp: float | None, target_mpp: float, what: str = "tiles") -> tuple[float, str]:
+    """(resample factor, one line for the user) for images at ``data_mpp`` read for a model at
+    ``target_mpp``: factor 1 when the mpp is unknown or within 10 % of the target."""
+    from tiling.slide import mpp_differs
+
+    if data_mpp is None:
+        return 1.0, f"{what}: no mpp recorded; taken at the encoder's {target_mpp:g} um/px"
+    if mpp_differs(data_mpp, target_mpp):
+        return data_mpp / target_mpp, (
+            f"note: {what} at {data_mpp:g} um/px differ from the encoder's {target_mpp:g} um/px "
+            f"by more than 10 %; resampled to {target_mpp:g} um/px"
+        )
+    return 1.0, f"{what}: read at {data_mpp:g} um/px (encoder {target_mpp:g} um/px)"
+
+
+class TileImages(Dataset[tuple[Tensor, int]]):
+    """Items ``((3, size, size) uint8 RGB tensor, label)`` of a :class:`LabelledTiles`.
+
+    ``target_mpp``: the encoder's tile mpp. When the tiles' mpp is known and differs from it by
+    more than 10 %, each tile is resampled to it (area when shrinking, linear when enlarging),
+    then centre-cropped or reflect-padded to ``size``; otherwise tiles are resized to ``size`` as
+    they are. ``log`` gets one line saying which (:func:`mpp_note`)."""
+
+    def __init__(
+        self,
+        tiles: LabelledTiles,
+        size: int = 224,
+        target_mpp: float | None = None,
+        log: Callable[[str], None] | None = print,
+    ) -> None:
         self.tiles = tiles
         self.size = size
+        self.factor = 1.0  # px at target_mpp per tile px
+        if target_mpp is not None:
+            self.factor, note = mpp_note(tiles.mpp, target_mpp)
+            if log is not None:
+                log(note)
         self._store = None
         if tiles.store is not None:
             from tiling.store import open_store
@@ -184,7 +281,10 @@ class TileImages(Dataset[tuple[Tensor, int]]):
         return np.asarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), dtype=np.uint8)
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        img = _resize(self.image(i), self.size)
+        img = self.image(i)
+        img = (
+            _resize(img, self.size) if self.factor == 1.0 else _at_mpp(img, self.factor, self.size)
+        )
         return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))), int(
             self.tiles.labels[i]
         )

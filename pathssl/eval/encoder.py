@@ -5,11 +5,13 @@ A pretraining checkpoint (``pathssl pretrain``) is a ``torch.save`` dict with ``
 torchvision-named backbone state dict) and ``"meta"`` (``backbone`` name, optional
 ``backbone_params`` / ``image_size``, normalisation ``mean`` / ``std``, ``tile_mpp``); see
 ``pathssl/train/checkpoint.py``. Without a checkpoint the backbone is randomly initialised (a
-useful floor for any probe).
+useful floor for any probe). :func:`tile_dataset` reads labelled tiles at the encoder's
+``tile_mpp``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from pathssl.eval.data import LabelledTiles, TileImages
 from pathssl.models.backbones import Backbone, build_backbone
 from pathssl.models.pretrained import load_pretrained
 
@@ -33,7 +36,7 @@ class Encoder:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     name: str
-    tile_mpp: float | None = None
+    tile_mpp: float | None = None  # resolution of the tiles it was trained on (None: unknown)
 
     def normalise(self, images: Tensor) -> Tensor:
         """``(B, 3, H, W)`` uint8 -> normalised float32."""
@@ -69,6 +72,21 @@ def load_encoder(
         name,
         float(mpp) if mpp is not None else None,
     )
+
+
+def tile_dataset(
+    encoder: Encoder,
+    tiles: LabelledTiles,
+    size: int = 224,
+    log: Callable[[str], None] | None = print,
+) -> TileImages:
+    """``tiles`` as the encoder reads them: at its ``tile_mpp`` (resampled when the tiles' mpp
+    differs by more than 10 %, see :class:`~pathssl.eval.data.TileImages`), ``size`` px; ``log``
+    gets one line saying at which mpp."""
+    if encoder.tile_mpp is None and log is not None:
+        known = "unknown" if tiles.mpp is None else f"{tiles.mpp:g} um/px"
+        log(f"tiles ({known}) taken as they are: encoder {encoder.name} records no tile_mpp")
+    return TileImages(tiles, size, target_mpp=encoder.tile_mpp, log=log)
 
 
 def _loader(dataset: Dataset[tuple[Tensor, int]], batch_size: int, shuffle: bool) -> DataLoader:

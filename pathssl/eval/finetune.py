@@ -13,7 +13,6 @@ that owns forward and loss and an :class:`AugmentedStep` that augments batches o
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,8 +27,11 @@ from pathssl.data.sampler import ResumableSampler
 from pathssl.eval.classification import classification_metrics
 from pathssl.eval.encoder import Encoder, feature_dim
 from pathssl.eval.probes import ProbeOutput
+from pathssl.train.assemble import assemble, check_out_dir, check_previous_run, start
+from pathssl.train.config import LoopConfig, OptimConfig
 from pathssl.train.logger import read_metrics
-from pathssl.train.loop import LoopSettings, SupervisedStep, Trainer, Validation
+from pathssl.train.loop import BatchStep, Validation
+from pathssl.train.steps import MixUpStep, SupervisedStep
 
 VAL_KEYS = ("balanced_accuracy", "accuracy", "macro_f1")
 
@@ -37,8 +39,9 @@ VAL_KEYS = ("balanced_accuracy", "accuracy", "macro_f1")
 class ClassifierModule(nn.Module):
     """Encoder trunk + linear layer, normalisation inside.
 
-    ``logits(images)``: ``(B, 3, H, W)`` uint8 -> ``(B, C)``; ``forward(images, {"label": (B,)})``
-    -> ``{"loss": cross-entropy, "accuracy"}`` (what the training loop calls)."""
+    ``logits(images)``: ``(B, 3, H, W)`` uint8 (or float in [0, 255]) -> ``(B, C)``;
+    ``forward(images, {"label": (B,) or (B, C) soft})`` -> ``{"loss": cross-entropy,
+    "accuracy"}`` (what the training loop calls)."""
 
     def __init__(self, encoder: Encoder, num_classes: int, label_smoothing: float = 0.0) -> None:
         super().__init__()
@@ -57,9 +60,10 @@ class ClassifierModule(nn.Module):
 
     def forward(self, images: Tensor, targets: dict[str, Tensor]) -> dict[str, Tensor]:
         logits = self.logits(images).float()
-        y = targets["label"]
+        y = targets["label"]  # (B,) class ids, or (B, C) soft targets (MixUp)
         loss = nn.functional.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
-        acc = (logits.argmax(1) == y).float().mean()
+        hard = y.argmax(1) if y.ndim == 2 else y
+        acc = (logits.argmax(1) == hard).float().mean()
         return {"loss": loss, "accuracy": acc.detach()}
 
 
@@ -182,6 +186,7 @@ def fine_tune(
     patience: int | None = 3,
     hed_jitter: float = 0.05,
     label_smoothing: float = 0.0,
+    mixup_alpha: float = 0.0,
     precision: str = "auto",
     device: str | torch.device = "cpu",
     seed: int = 0,
@@ -195,33 +200,56 @@ def fine_tune(
     validation part (balanced accuracy) after each; the returned classifier carries the best
     validated weights (the last ones when ``val_fraction`` is 0). ``out_dir`` receives
     ``metrics.jsonl``, ``last.pt`` (every epoch; ``resume=True`` continues from it) and
-    ``best.pt``. ``precision``: auto (bf16 on CUDA) | bf16 |
-    fp32.
+    ``best.pt``. ``precision``: auto (bf16 on CUDA) | bf16 | fp32. ``mixup_alpha`` > 0: MixUp
+    of the training batches (:class:`~pathssl.train.steps.MixUpStep`, Beta(alpha, alpha)).
+    The optimiser, schedule and loop come from the one training assembly
+    (:mod:`pathssl.train.assemble`): AdamW, ``warmup_epochs`` of linear warm-up, cosine decay,
+    gradients clipped at 5.
     """
     dev = torch.device(device)
     torch.manual_seed(seed)
     labels = np.asarray(labels, np.int64)
     if len(labels) != len(train):  # type: ignore[arg-type]
         raise ValueError(f"{len(labels)} labels for {len(train)} tiles")  # type: ignore[arg-type]
+    for key, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if value < 1:
+            raise ValueError(f"protocols.finetune.{key} must be >= 1, got {value}")
     tr_idx, val_idx = validation_split(labels, val_fraction, seed)
     if tr_idx.size == 0:
         raise ValueError("no training tiles left after the validation split")
-    module = ClassifierModule(encoder, num_classes, label_smoothing).to(dev)
     train_ds = _Labelled(train, tr_idx)
     batch_size = min(batch_size, len(train_ds))
     steps_per_epoch = max(1, len(train_ds) // batch_size)
     steps = epochs * steps_per_epoch
+    optim = OptimConfig(
+        name="adamw",
+        lr=lr,
+        lr_scaling="none",
+        weight_decay=weight_decay,
+        warmup_steps=max(1, int(warmup_epochs * steps_per_epoch)),
+        clip_grad=5.0,
+    )
+    loop = LoopConfig(
+        max_steps=steps,
+        seed=seed,
+        out_dir=str(out_dir),
+        ckpt_every=steps_per_epoch,
+        log_every=max(1, min(10, steps_per_epoch)),
+        precision=precision,
+        progress=progress,
+        resume=resume,
+    )
+    try:
+        optim.check("protocols.finetune")
+        loop.check("protocols.finetune")
+    except ValueError as exc:
+        raise ValueError(str(exc).replace(".max_steps", ".epochs")) from None
+    check_out_dir(out_dir, "--out")
+    meta = {"kind": "finetune", "backbone": encoder.name, "num_classes": num_classes}
+    check_previous_run(loop, meta)
+    module = ClassifierModule(encoder, num_classes, label_smoothing).to(dev)
     sampler = ResumableSampler(np.zeros(len(train_ds), np.int64), seed=seed)
     loader = DataLoader(train_ds, batch_size=batch_size, sampler=sampler, drop_last=True)
-    opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
-    warm = max(1, int(warmup_epochs * steps_per_epoch))
-
-    def lr_at(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * min((step - warm) / max(steps - warm, 1), 1.0)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     history: list[tuple[int, dict[str, float]]] = []
     validation = None
     if val_idx.size:
@@ -237,39 +265,27 @@ def fine_tune(
         validation = Validation(
             run_validation, steps_per_epoch, "balanced_accuracy", "max", patience
         )
-    if precision not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
-    settings = LoopSettings(
-        max_steps=steps,
-        out_dir=Path(out_dir),
-        ckpt_every=steps_per_epoch,
-        log_every=max(1, min(10, steps_per_epoch)),
-        bf16=precision == "bf16" or (precision == "auto" and dev.type == "cuda"),
-        clip_grad=5.0,
-        progress=progress,
-    )
     generator = torch.Generator().manual_seed(seed)
-    step = AugmentedStep(dev, build_augment(hed_jitter), generator)
-    meta = {"kind": "finetune", "backbone": encoder.name, "num_classes": num_classes}
-    trainer = Trainer(
+    step: BatchStep = AugmentedStep(dev, build_augment(hed_jitter), generator)
+    if mixup_alpha > 0:
+        step = MixUpStep(step, num_classes, mixup_alpha, generator)
+    trainer = assemble(
         module,
-        opt,
-        sched,
+        [{"params": list(module.parameters()), "name": "all"}],
         loader,
         sampler,
         step,
-        dev,
-        settings,
-        meta,
-        generator,
+        optim=optim,
+        train=loop,
+        device=dev,
+        meta=meta,
+        generator=generator,
         validation=validation,
     )
-    if resume and trainer.resume():  # the validations already done, from the run's log
+    if start(trainer, loop):  # the validations already done, from the run's log
         for r in read_metrics(trainer.metrics.path):
             if r.get("kind") == "val":
                 history.append((int(r["step"]), {k: float(r[k]) for k in VAL_KEYS}))
-    else:
-        trainer.start_fresh()
     trainer.fit()
     best = trainer.restore_best() if validation is not None else trainer.step
     return FineTuneResult(module.eval(), best, trainer.step, history)

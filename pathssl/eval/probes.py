@@ -49,6 +49,13 @@ def _check(x: Tensor, y: Tensor | None = None) -> None:
         raise ValueError(f"features must be (N, D), got {tuple(x.shape)}")
     if y is not None and (y.ndim != 1 or y.shape[0] != x.shape[0]):
         raise ValueError(f"labels must be ({x.shape[0]},), got {tuple(y.shape)}")
+    if y is not None and torch.unique(y).numel() < 2:
+        from tiling.errors import UsageError
+
+        raise UsageError(
+            f"the training tiles hold {torch.unique(y).numel()} class ({y.shape[0]} tiles); a "
+            "classifier needs at least 2 classes: label training tiles of two or more classes"
+        )
 
 
 def _output(proba: Tensor) -> ProbeOutput:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,8 @@ from typing import Any
 import cv2
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+
+from tiling.atomic import atomic_write
 
 
 def to_json_ready(value: Any) -> Any:
@@ -33,13 +34,8 @@ def to_json_ready(value: Any) -> Any:
 
 
 def write_json(path: str | Path, data: dict[str, Any]) -> Path:
-    """Write ``data`` as indented, strict JSON (atomically: temporary file then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(to_json_ready(data), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    """Write ``data`` as indented, strict JSON (atomically, fsynced: :mod:`tiling.atomic`)."""
+    return atomic_write(path, json.dumps(to_json_ready(data), indent=2, allow_nan=False) + "\n")
 
 
 def confusion_image(
@@ -92,10 +88,9 @@ def confusion_image(
 def write_confusion_png(
     path: str | Path, matrix: ArrayLike, class_names: Sequence[str], title: str = ""
 ) -> Path:
-    """Write :func:`confusion_image` as a PNG; returns ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write :func:`confusion_image` as a PNG (atomically); returns ``path``."""
     rgb = confusion_image(matrix, class_names, title)
-    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {path}")
-    return path
+    ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"could not encode the confusion matrix PNG for {path}")
+    return atomic_write(path, png.tobytes())

@@ -7,6 +7,7 @@ backbone's state dict with torchvision parameter names) and ``"meta"`` (``backbo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +16,88 @@ import torch
 from pathssl.models.backbones import Backbone, build_backbone
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file is empty, damaged, or not of the kind a command expects."""
+
+
+KINDS: dict[str, str] = {
+    "pretrain": "a pretraining checkpoint (an encoder trunk, `pathssl pretrain`'s last.pt)",
+    "nuclei": "a nuclei model (nuclei.pt, written at the end of `pathssl nuclei train`)",
+    "nuclei-state": "the nuclei training loop's resumable state (last.pt of `pathssl nuclei "
+    "train`; its model is nuclei.pt in the same folder)",
+    "finetune-state": "the fine-tuning loop's resumable state (last.pt of a fine-tune run)",
+    "training-state": "a training loop's resumable state (last.pt)",
+    "best-weights": "a training run's best validated weights (best.pt)",
+    "unknown": "not a pathssl checkpoint",
+}
+
+
+def checkpoint_kind(ckpt: Any) -> str:
+    """What a loaded checkpoint is: one of :data:`KINDS`'s keys.
+
+    ``pretrain``: has ``trunk`` (every pretraining ``last.pt``); ``nuclei``: ``model`` + ``meta``
+    of kind nuclei; ``<kind>-state``: a training loop's ``last.pt`` without a trunk (it has
+    ``optimizer`` and ``step``); ``best-weights``: ``best.pt`` (``method`` + ``scores``)."""
+    if not isinstance(ckpt, Mapping):
+        return "unknown"
+    meta = ckpt.get("meta")
+    kind = str(meta.get("kind", "")) if isinstance(meta, Mapping) else ""
+    if "trunk" in ckpt:
+        return "pretrain"
+    if "optimizer" in ckpt and "step" in ckpt:
+        return f"{kind}-state" if f"{kind}-state" in KINDS else "training-state"
+    if "method" in ckpt and "scores" in ckpt:
+        return "best-weights"
+    if "model" in ckpt and kind == "nuclei":
+        return "nuclei"
+    return "unknown"
+
+
+def read_checkpoint(
+    path: str | Path, expect: str | tuple[str, ...] | None = None, fix: str = "", lazy: bool = False
+) -> dict[str, Any]:
+    """Load a checkpoint onto the CPU (tensors-only loading), checked before use.
+
+    Raises FileNotFoundError for a missing file, and :class:`CheckpointError` (one line naming the
+    file, what it is, what was expected and ``fix``, what to do) for an empty or damaged file or,
+    when ``expect`` names kinds of :data:`KINDS`, a checkpoint of another kind. ``lazy``:
+    memory-map the tensors instead of reading them (enough to check a file's kind and meta; a
+    truncated file still fails, its index is at the end)."""
+    path = Path(path)
+    todo = f"; {fix}" if fix else ""
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found{todo}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes){todo}")
+    try:
+        ckpt: Any = torch.load(path, map_location="cpu", weights_only=True, mmap=lazy)
+    except Exception as exc:  # noqa: BLE001  (EOFError, RuntimeError, UnpicklingError, ...)
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        raise CheckpointError(
+            f"checkpoint {path} is not readable (truncated or damaged: {reason}){todo}"
+        ) from None
+    if expect is not None:
+        wanted = (expect,) if isinstance(expect, str) else expect
+        kind = checkpoint_kind(ckpt)
+        if kind not in wanted:
+            raise CheckpointError(
+                f"{path} is {KINDS[kind]}, expected {' or '.join(KINDS[w] for w in wanted)}{todo}"
+            )
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path} is {KINDS['unknown']}{todo}")
+    return ckpt
+
+
 def read_pretrained(
     path: str | Path, expect_backbone: str | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """``(trunk state dict, meta)`` of a pretraining checkpoint (tensors-only loading).
 
-    Raises FileNotFoundError for a missing file and ValueError when ``expect_backbone`` is given
-    and the checkpoint holds another backbone.
+    Raises FileNotFoundError for a missing file, :class:`CheckpointError` (a ValueError) for a
+    damaged file or one of another kind (:func:`checkpoint_kind`), and ValueError when
+    ``expect_backbone`` is given and the checkpoint holds another backbone.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    ckpt: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
-    if "trunk" not in ckpt:
-        raise ValueError(f"{path} is not a pathssl pretraining checkpoint (no 'trunk')")
+    ckpt = read_checkpoint(path, expect="pretrain")
     meta: dict[str, Any] = dict(ckpt.get("meta", {}))
     name = meta.get("backbone")
     if expect_backbone is not None and name not in (None, expect_backbone):

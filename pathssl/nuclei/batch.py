@@ -6,23 +6,32 @@ searched recursively (slides as ``pathssl tile`` finds them, images by extension
 writes ``<id>.geojson`` + ``<id>_overlay.png`` (+ ``<id>.npz`` instance/type maps for images),
 each to a temporary name then renamed, so a killed run leaves no torn file; an input whose outputs
 all exist is skipped unless ``force``. Returns one record per input (``status`` done | skipped |
-failed, ``error``), also written to ``<out>/nuclei_manifest.csv``.
+failed, ``error``), also written to ``<out>/nuclei_manifest.csv``. The output folder is checked
+first (:func:`check_predict_output`): new, empty or an earlier predict output (it has
+``nuclei_manifest.csv``), never an input, inside one or holding one.
 """
 
 from __future__ import annotations
 
 import csv
-import os
-from collections.abc import Sequence
+import io
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from pathssl.nuclei.data import read_rgb
 from pathssl.nuclei.geojson import GeoJSONWriter, draw_overlay, write_png
-from pathssl.nuclei.predict import NucleiPredictor, instances_to_nuclei, predict_slide
+from pathssl.nuclei.predict import (
+    NucleiPredictor,
+    instances_at_image,
+    instances_to_nuclei,
+    predict_image_at_mpp,
+    predict_slide,
+)
+from tiling.atomic import atomic_path, atomic_write
+from tiling.outputs import check_output_dir
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 
@@ -49,10 +58,30 @@ def find_inputs(inputs: Sequence[str | Path]) -> list[tuple[str, Path, str]]:
     return out
 
 
+MANIFEST = "nuclei_manifest.csv"
+
+
+def is_predict_output(out: Path) -> bool:
+    """Whether the folder ``out`` is an earlier ``nuclei predict`` output."""
+    return (out / MANIFEST).is_file()
+
+
+def check_predict_output(
+    out: str | Path, inputs: Sequence[str | Path], checkpoint: str | Path | None = None
+) -> Path:
+    """Refuse (``tiling.errors.OutputError``) an output folder that is, holds or lies inside an
+    input or the checkpoint, or that holds files ``nuclei predict`` did not write."""
+    return check_output_dir(
+        out,
+        inputs=[*inputs, checkpoint],
+        is_ours=is_predict_output,
+        command="nuclei predict",
+    )
+
+
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
-    np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]
 
 
 def predict_image_file(
@@ -63,19 +92,15 @@ def predict_image_file(
     type_names: list[str],
     model_mpp: float,
     image_mpp: float | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> int:
-    """One image (at ``image_mpp``, default the model's): ``.npz`` maps at the image's size,
-    GeoJSON in image pixels, overlay; returns the number of nuclei."""
+    """One image at ``image_mpp`` (the input's; none: taken at the model's), resampled to
+    ``model_mpp`` when they differ by more than 10 % (:func:`predict_image_at_mpp`, which says
+    so to ``log``): ``.npz`` maps at the image's size, GeoJSON in image pixels, overlay; returns
+    the number of nuclei."""
     image = read_rgb(src)
-    f = 1.0 if image_mpp is None else image_mpp / model_mpp  # model px per image px
-    h, w = image.shape[:2]
-    interp = cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR  # area-average when shrinking
-    small = image if f == 1 else cv2.resize(image, (round(w * f), round(h * f)), None, 0, 0, interp)
-    res = predictor.predict_image(np.asarray(small, np.uint8))
-    inst, types = res.inst, res.types
-    if f != 1:
-        inst = np.asarray(cv2.resize(inst, (w, h), interpolation=cv2.INTER_NEAREST), np.int32)
-        types = np.asarray(cv2.resize(types, (w, h), interpolation=cv2.INTER_NEAREST), np.int32)
+    res, f = predict_image_at_mpp(predictor, image, model_mpp, image_mpp, name=src.name, log=log)
+    inst, types = instances_at_image(res, image.shape[:2])
     _save_npz(out / f"{sid}.npz", inst=inst, types=types)
     nuclei = list(instances_to_nuclei(res, scale=1 / f))
     with GeoJSONWriter(out / f"{sid}.geojson", type_names, image_mpp or model_mpp) as gw:
@@ -104,9 +129,10 @@ def predict_inputs(
     log: bool = True,
 ) -> list[dict[str, Any]]:
     """Predict every input (see the module docstring); errors are recorded, not raised."""
-    out = Path(out)
+    out = check_predict_output(out, inputs)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
+    note = print if log else None  # the mpp each input is read at
     for sid, path, kind in find_inputs(inputs):
         row: dict[str, Any] = {
             "id": sid,
@@ -120,7 +146,9 @@ def predict_inputs(
             continue
         try:
             if kind == "image":
-                n = predict_image_file(predictor, path, out, sid, type_names, model_mpp, image_mpp)
+                n = predict_image_file(
+                    predictor, path, out, sid, type_names, model_mpp, image_mpp, note
+                )
             else:
                 r = predict_slide(
                     predictor,
@@ -131,6 +159,7 @@ def predict_inputs(
                     region=region,
                     overlay=out / f"{sid}_overlay.png",
                     assume_mpp=assume_mpp,
+                    log=note,
                 )
                 n = r.count
             rows.append({**row, "status": "done", "nuclei": n})
@@ -140,14 +169,13 @@ def predict_inputs(
             last = rows[-1]
             what = f"{last['nuclei']} nuclei" if last["status"] == "done" else last["error"]
             print(f"{sid}: {last['status']} ({what})", flush=True)
-    _write_manifest(out / "nuclei_manifest.csv", rows)
+    _write_manifest(out / MANIFEST, rows)
     return rows
 
 
 def _write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, ["id", "kind", "status", "nuclei", "error", "path"])
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, ["id", "kind", "status", "nuclei", "error", "path"])
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write(path, buf.getvalue())

@@ -1,8 +1,11 @@
 """Nuclei training configuration: dataclasses from YAML plus ``key=value`` overrides.
 
-``load_config("configs/nuclei/hgsc_resnet18_cpu.yaml", ["train.steps=50"])``. Parsing and
-checking are pretraining's (:mod:`pathssl.train.config`): unknown keys and wrong types fail with
-a ``ConfigError`` (a ``ValueError``) naming the key and the valid ones.
+``load_config("configs/nuclei/hgsc_resnet18_cpu.yaml", ["train.max_steps=50"])``. Parsing and
+checking are the package's one config system (:mod:`pathssl.config`): unknown keys and wrong
+types fail with a ``ConfigError`` (a ``ValueError``) naming the key and the valid ones. The
+``optim`` and ``train`` sections are pretraining's (:class:`~pathssl.train.config.OptimConfig`,
+:class:`~pathssl.train.config.LoopConfig`) with the head's defaults: the same key for the same
+setting everywhere.
 """
 
 from __future__ import annotations
@@ -12,10 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from pathssl.config import ConfigError, from_dict, load
 from pathssl.nuclei.postprocess import PostProcessConfig
-from pathssl.train.config import apply_override, from_dict
+from pathssl.train.config import LoopConfig, OptimConfig
 
 
 @dataclass
@@ -28,7 +30,10 @@ class DataConfig:
     pixel boxes, both required, must not overlap), else for PanNuke / a mat folder
     ``val_fraction`` of the images (seeded, stratified by tissue). ``type_names``: one per type id
     1..T; ``type_lut``: optional map of the stored type ids to 0..T (CoNSeP's 7 types to
-    HoVer-Net's 4: ``[0, 1, 2, 3, 3, 4, 4, 4]``)."""
+    HoVer-Net's 4: ``[0, 1, 2, 3, 3, 4, 4, 4]``). ``mpp``: the images' micrometres per pixel
+    (no default: a wrong value would silently train the head at the wrong scale).
+    Loading: ``batch_size`` random ``crop`` x ``crop`` training crops per step, made by
+    ``num_workers`` DataLoader workers."""
 
     format: str = "npz"
     image: str = ""
@@ -44,15 +49,22 @@ class DataConfig:
     seed: int = 0
     type_names: list[str] = field(default_factory=lambda: ["nucleus"])
     type_lut: list[int] | None = None
-    mpp: float = 0.5
+    mpp: float | None = None
+    batch_size: int = 4
+    crop: int = 256
+    num_workers: int = 0
 
 
 @dataclass
 class ModelConfig:
     """``backbone``: registered name; ``checkpoint``: a pretraining checkpoint whose ``trunk``
-    initialises it (empty: random init); ``finetune``: frozen | partial | full."""
+    initialises it (empty: random init); ``finetune``: frozen | partial | full. ``mpp``: the
+    resolution the model works at, recorded in ``nuclei.pt`` for prediction (None: the
+    checkpoint's ``tile_mpp`` when ``checkpoint`` is set, else ``data.mpp``); training images
+    at another mpp are resampled to it."""
 
     backbone: str = "resnet18"
+    mpp: float | None = None
     params: dict[str, Any] = field(default_factory=dict)
     checkpoint: str = ""
     finetune: str = "full"
@@ -64,9 +76,26 @@ class ModelConfig:
 
 
 @dataclass
-class TrainConfig:
-    """``precision``: auto (bf16 autocast on CUDA) | bf16 | fp32; ``ckpt_every``: steps between
-    resumable checkpoints (``out_dir/last.pt``); ``resume``: continue from that checkpoint.
+class NucleiOptimConfig(OptimConfig):
+    """Pretraining's ``optim`` section with the head's defaults: AdamW at 1e-3 (not scaled by
+    batch size), weight decay 1e-4, 20 warm-up steps then cosine decay, gradients clipped at 5."""
+
+    name: str = "adamw"
+    lr: float = 1e-3
+    lr_scaling: str = "none"
+    weight_decay: float = 1e-4
+    warmup_steps: int = 20
+    clip_grad: float | None = 5.0
+
+
+MONITORS = ("pq", "mpq_plus", "f1_detection")
+
+
+@dataclass
+class TrainConfig(LoopConfig):
+    """The shared loop keys (:class:`~pathssl.train.config.LoopConfig`: ``max_steps``, ``seed``,
+    ``device``, ``out_dir``, ``ckpt_every``, ``log_every``, ``precision``, ``resume``, ...) with
+    the head's defaults, and the head's own.
 
     ``stain_jitter``: HED jitter half-width of the training crops (0: off; 0.05 light, 0.2
     strong): for heads meant for other labs' stains.
@@ -74,31 +103,40 @@ class TrainConfig:
     ``val_fraction``; 0: none). With validation the saved model is the one of the best ``monitor``
     (``pq`` binary PQ, ``mpq_plus`` CoNIC aggregated mPQ+, ``f1_detection``), and ``patience``
     validations without improvement stop training early (null: never). Model selection uses the
-    validation images: report accuracy on images that took no part in it."""
+    validation images: report accuracy on images that took no part in it.
+    ``label_fraction`` / ``label_tile``: train on that fraction of the labelled area, in tiles of
+    that size (label-efficiency runs)."""
 
-    steps: int = 300
-    batch_size: int = 4
-    crop: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_steps: int = 20
-    clip_grad: float | None = 5.0
+    max_steps: int = 300
+    out_dir: str = "runs/nuclei"
+    resume: bool = False
     lambda_hv_mse: float = 2.0  # MONAI's weights (2, 1); the paper's are (1, 2)
     lambda_hv_grad: float = 1.0
-    seed: int = 0
-    device: str = "auto"
-    num_workers: int = 0
-    log_every: int = 10
-    out_dir: str = "runs/nuclei"
     label_tile: int = 256
     label_fraction: float = 1.0
-    precision: str = "auto"
-    ckpt_every: int = 500
-    resume: bool = False
     stain_jitter: float = 0.0
     val_every: int = 0
     monitor: str = "pq"
     patience: int | None = None
+
+    def check(self, where: str = "train") -> None:
+        super().check(where)
+        if self.monitor not in MONITORS:
+            raise ConfigError(
+                f"{where}.monitor: {self.monitor!r} is not one of {', '.join(MONITORS)}"
+            )
+        if not 0 < self.label_fraction <= 1:
+            raise ConfigError(
+                f"{where}.label_fraction must be in (0, 1], got {self.label_fraction}"
+            )
+        for key in ("label_tile",):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{where}.{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("val_every", "stain_jitter", "lambda_hv_mse", "lambda_hv_grad"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{where}.{key} must be >= 0, got {getattr(self, key)}")
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError(f"{where}.patience must be >= 1 or null, got {self.patience}")
 
 
 @dataclass
@@ -112,24 +150,66 @@ class PredictConfig:
 class NucleiConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    optim: NucleiOptimConfig = field(default_factory=NucleiOptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     postprocess: PostProcessConfig = field(default_factory=PostProcessConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     fractions: list[float] = field(default_factory=lambda: [0.1, 0.3, 1.0])
 
 
-def config_from_dict(values: dict[str, Any]) -> NucleiConfig:
-    """A config from nested dicts; every key and type checked (``pathssl.train.config``)."""
-    cfg: NucleiConfig = from_dict(NucleiConfig, values or {})
+RENAMED = {
+    "train.steps": "train.max_steps",
+    "train.lr": "optim.lr",
+    "train.weight_decay": "optim.weight_decay",
+    "train.warmup_steps": "optim.warmup_steps",
+    "train.clip_grad": "optim.clip_grad",
+    "train.batch_size": "data.batch_size",
+    "train.crop": "data.crop",
+    "train.num_workers": "data.num_workers",
+}
+
+
+def config_from_dict(values: dict[str, Any], migrate: bool = False) -> NucleiConfig:
+    """A config from nested dicts; every key, type and value range checked. ``migrate``: move
+    the keys of the older layout (:data:`RENAMED`) first (configs stored in older checkpoints);
+    without it an old key fails with its new name."""
+    values = _migrated(values) if migrate else values
+    cfg: NucleiConfig = from_dict(NucleiConfig, values or {}, renamed=RENAMED)
+    check(cfg)
     return cfg
 
 
+def _migrated(values: dict[str, Any]) -> dict[str, Any]:
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in (values or {}).items()}
+    for old, new in RENAMED.items():
+        o_sec, o_key = old.split(".")
+        n_sec, n_key = new.split(".")
+        section = out.get(o_sec)
+        if isinstance(section, dict) and o_key in section:
+            out.setdefault(n_sec, {})[n_key] = section.pop(o_key)
+    return out
+
+
+def check(cfg: NucleiConfig) -> None:
+    """Value ranges of every section (types are the parser's); raises ``ConfigError``."""
+    cfg.optim.check("optim")
+    cfg.train.check("train")
+    d = cfg.data
+    for key in ("batch_size", "crop"):
+        if getattr(d, key) < 1:
+            raise ConfigError(f"data.{key} must be >= 1, got {getattr(d, key)}")
+    if d.num_workers < 0:
+        raise ConfigError(f"data.num_workers must be >= 0, got {d.num_workers}")
+    for key, value in (("data.mpp", d.mpp), ("model.mpp", cfg.model.mpp)):
+        if value is not None and not value > 0:
+            raise ConfigError(f"{key} must be > 0 micrometres per pixel, got {value}")
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> NucleiConfig:
-    """YAML file + ``section.key=value`` overrides (values parsed as YAML)."""
-    values = yaml.safe_load(Path(path).read_text()) or {}
-    for item in overrides or []:
-        apply_override(values, item)
-    return config_from_dict(values)
+    """YAML file (``defaults`` composed) + ``section.key=value`` overrides (values parsed as
+    YAML); errors name the file and line (:func:`pathssl.config.load`)."""
+    cfg: NucleiConfig = load(NucleiConfig, path, overrides or (), validate=check, renamed=RENAMED)
+    return cfg
 
 
 def as_dict(cfg: NucleiConfig) -> dict[str, Any]:

@@ -10,6 +10,10 @@ A :class:`LabelledImage` is an RGB image ``(H, W, 3)`` uint8 with an instance ma
   either ``type_map`` (CoNSeP) or per-nucleus ``id`` + ``class`` (Lizard), with the image file;
 * an image file + instance/type ``.npz`` pair (``hgsc_nest*``; key ``nuc_raster``).
 
+Every image carries its resolution (``mpp``, micrometres per pixel: from the file where it records
+one, else the caller's config value, else None); :func:`resample` takes an image and its maps to
+another mpp (the model's).
+
 :class:`NucleiCropDataset` draws a random crop and one dihedral transform, applies that ONE draw
 to the image and both maps together (``pathssl.augment.Dihedral``, an albumentations
 ``DualTransform``), then computes HV targets on the crop.
@@ -41,6 +45,7 @@ class LabelledImage:
     name: str = ""
     tissue: str = ""
     origin: tuple[int, int] = (0, 0)  # (x, y) of a region in the image it was cut from
+    mpp: float | None = None  # micrometres per pixel (None: not recorded)
 
     def __post_init__(self) -> None:
         h, w = self.image.shape[:2]
@@ -54,8 +59,56 @@ class LabelledImage:
         sl = np.s_[y : y + h, x : x + w]
         origin = (self.origin[0] + x, self.origin[1] + y)
         return LabelledImage(
-            self.image[sl], self.inst[sl], self.types[sl], self.name, self.tissue, origin
+            self.image[sl], self.inst[sl], self.types[sl], self.name, self.tissue, origin, self.mpp
         )
+
+    def with_types(self, types: NDArray[np.int32]) -> LabelledImage:
+        """The same image and instances with another type map."""
+        return LabelledImage(
+            self.image, self.inst, types, self.name, self.tissue, self.origin, self.mpp
+        )
+
+
+def resize_labels(labels: NDArray[np.int32], width: int, height: int) -> NDArray[np.int32]:
+    """An instance or type map ``(H, W)`` -> ``(height, width)`` by nearest neighbour, pixel
+    centres aligned (``INTER_NEAREST_EXACT``, the grid the image's area/linear resize uses)."""
+    import cv2
+
+    if labels.shape == (height, width):
+        return labels
+    out = cv2.resize(
+        np.ascontiguousarray(labels, np.int32),
+        (width, height),
+        interpolation=cv2.INTER_NEAREST_EXACT,
+    )
+    return np.asarray(out, np.int32)
+
+
+def resample(im: LabelledImage, mpp: float, shape: tuple[int, int] | None = None) -> LabelledImage:
+    """``im`` taken to ``mpp`` micrometres per pixel: size ``round((W, H) * im.mpp / mpp)`` (or
+    ``shape`` ``(H, W)``, e.g. an image's own size when mapping back), the image by area
+    interpolation when shrinking and linear when enlarging (:func:`tiling.slide.resize_rgb`),
+    instance and type maps by nearest neighbour with pixel centres aligned (nuclei smaller than a
+    pixel may vanish when shrinking; ids are kept). ``origin`` is scaled too."""
+    from tiling.slide import resize_rgb
+
+    if im.mpp is None:
+        raise ValueError(f"{im.name}: no mpp recorded; set data.mpp to resample it")
+    f = im.mpp / mpp  # new px per old px
+    h, w = im.image.shape[:2]
+    nw, nh = max(1, int(round(w * f))), max(1, int(round(h * f)))
+    if shape is not None:
+        nh, nw = shape
+    origin = (int(round(im.origin[0] * f)), int(round(im.origin[1] * f)))
+    return LabelledImage(
+        resize_rgb(im.image, nw, nh),
+        resize_labels(im.inst, nw, nh),
+        resize_labels(im.types, nw, nh),
+        im.name,
+        im.tissue,
+        origin,
+        float(mpp),
+    )
 
 
 def read_rgb(path: str | Path) -> NDArray[np.uint8]:
@@ -73,11 +126,14 @@ def load_npz_pair(
     inst_npz: str | Path,
     type_npz: str | Path | None = None,
     key: str = "nuc_raster",
+    mpp: float | None = None,
 ) -> LabelledImage:
-    """An image + instance (+ type) ``.npz`` pair; without a type map all nuclei are type 1."""
+    """An image + instance (+ type) ``.npz`` pair at ``mpp`` (the files record none); without a
+    type map all nuclei are type 1."""
     inst = np.load(inst_npz)[key].astype(np.int32)
     types = np.load(type_npz)[key].astype(np.int32) if type_npz else (inst > 0).astype(np.int32)
-    return LabelledImage(read_rgb(image), inst, np.where(inst > 0, types, 0), Path(image).stem)
+    types = np.where(inst > 0, types, 0)
+    return LabelledImage(read_rgb(image), inst, types, Path(image).stem, mpp=mpp)
 
 
 def load_mat_labels(path: str | Path) -> tuple[NDArray[np.int32], NDArray[np.int32]]:
@@ -98,14 +154,17 @@ def load_mat_labels(path: str | Path) -> tuple[NDArray[np.int32], NDArray[np.int
     return inst, np.where(inst > 0, types, 0).astype(np.int32)
 
 
-def load_mat_image(image: str | Path, mat: str | Path) -> LabelledImage:
+def load_mat_image(image: str | Path, mat: str | Path, mpp: float | None = None) -> LabelledImage:
+    """An image with its ``.mat`` labels, at ``mpp`` (the files record none)."""
     inst, types = load_mat_labels(mat)
-    return LabelledImage(read_rgb(image), inst, types, Path(image).stem)
+    return LabelledImage(read_rgb(image), inst, types, Path(image).stem, mpp=mpp)
 
 
-def load_mat_folder(folder: str | Path, limit: int | None = None) -> list[LabelledImage]:
+def load_mat_folder(
+    folder: str | Path, limit: int | None = None, mpp: float | None = None
+) -> list[LabelledImage]:
     """A CoNSeP-style folder: ``Images/<name>.png`` with ``Labels/<name>.mat`` (Lizard images
-    and labels arranged the same way work too), in name order."""
+    and labels arranged the same way work too), in name order, all at ``mpp``."""
     folder = Path(folder)
     images = sorted(
         p for p in (folder / "Images").glob("*") if p.suffix.lower() in (".png", ".jpg", ".tif")
@@ -117,7 +176,7 @@ def load_mat_folder(folder: str | Path, limit: int | None = None) -> list[Labell
         labels = folder / "Labels" / f"{path.stem}.mat"
         if not labels.is_file():
             raise FileNotFoundError(f"{path.name} has no labels {labels}")
-        out.append(load_mat_image(path, labels))
+        out.append(load_mat_image(path, labels, mpp))
     return out
 
 
@@ -141,7 +200,9 @@ class PanNukeFold(Sequence[LabelledImage]):
     """A PanNuke fold folder (``images.npy``, ``masks.npy``, ``types.npy``) as a lazy sequence:
     the arrays stay memory-mapped and each :class:`LabelledImage` (instance + type maps) is made
     when it is indexed, so a fold (~2,600 images, ~2 GB as maps) never sits in memory at once.
-    ``index`` selects and orders images (a split); ``tissues`` come without reading images."""
+    ``index`` selects and orders images (a split); ``tissues`` come without reading images.
+    ``mpp``: the fold's resolution (PanNuke: 0.25 um/px at 40x, not stored in the files);
+    :meth:`at_mpp` gives the fold resampled to another one as each image is read."""
 
     def __init__(
         self,
@@ -149,8 +210,11 @@ class PanNukeFold(Sequence[LabelledImage]):
         limit: int | None = None,
         index: Sequence[int] | None = None,
         type_lut: Sequence[int] | None = None,
+        mpp: float | None = None,
     ) -> None:
         self.folder = Path(folder)
+        self.mpp = mpp
+        self.resample_to: float | None = None
         self.type_lut = None if type_lut is None else np.asarray(type_lut, np.int32)
         for name in ("images.npy", "masks.npy"):
             if not (self.folder / name).is_file():
@@ -182,7 +246,20 @@ class PanNukeFold(Sequence[LabelledImage]):
 
     @property
     def image_shape(self) -> tuple[int, int]:
-        return int(self.images.shape[1]), int(self.images.shape[2])
+        """(H, W) of the images as indexed (after any resampling)."""
+        h, w = int(self.images.shape[1]), int(self.images.shape[2])
+        if self.resample_to is None or self.mpp is None:
+            return h, w
+        f = self.mpp / self.resample_to
+        return max(1, int(round(h * f))), max(1, int(round(w * f)))
+
+    def at_mpp(self, mpp: float) -> PanNukeFold:
+        """The same images, each resampled to ``mpp`` when it is read (:func:`resample`)."""
+        if self.mpp is None:
+            raise ValueError(f"PanNuke fold {self.folder}: no mpp; set data.mpp to resample it")
+        out = self.subset(range(len(self)))
+        out.resample_to = float(mpp)
+        return out
 
     def tissue(self, i: int) -> str:
         return self.all_tissues[self.rows[i]] if self.all_tissues is not None else ""
@@ -199,12 +276,16 @@ class PanNukeFold(Sequence[LabelledImage]):
         if self.type_lut is not None:
             types = self.type_lut[types]
         img = np.clip(np.asarray(self.images[j]), 0, 255).astype(np.uint8)
-        return LabelledImage(img, inst, types, f"{self.folder.name}/{j}", self.tissue(i))
+        name = f"{self.folder.name}/{j}"
+        im = LabelledImage(img, inst, types, name, self.tissue(i), mpp=self.mpp)
+        return im if self.resample_to is None else resample(im, self.resample_to)
 
 
-def load_pannuke(folder: str | Path, limit: int | None = None) -> list[LabelledImage]:
+def load_pannuke(
+    folder: str | Path, limit: int | None = None, mpp: float | None = None
+) -> list[LabelledImage]:
     """Every image of a PanNuke fold folder, in memory (:class:`PanNukeFold` is the lazy way)."""
-    return list(PanNukeFold(folder, limit))
+    return list(PanNukeFold(folder, limit, mpp=mpp))
 
 
 class NucleiCropDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):

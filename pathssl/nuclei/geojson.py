@@ -14,7 +14,6 @@ the file into place atomically when closed.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,8 @@ from typing import Any, TextIO
 import cv2
 import numpy as np
 from numpy.typing import NDArray
+
+from tiling.atomic import atomic_path
 
 PALETTE: dict[str, tuple[int, int, int]] = {
     "neoplastic": (220, 40, 40),
@@ -166,12 +167,16 @@ class GeoJSONWriter:
         self, path: str | Path, type_names: Sequence[str], mpp: float | None = None
     ) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         self.type_names = list(type_names)
         self.mpp = mpp
         self.count = 0
-        self._f: TextIO = open(self.tmp, "w")  # noqa: SIM115 - closed in close()
+        self._atomic = atomic_path(self.path)  # the one atomic writer: renamed on close
+        self.tmp = self._atomic.__enter__()
+        try:
+            self._f: TextIO = open(self.tmp, "w")  # noqa: SIM115 - closed in close()
+        except BaseException as exc:
+            self._atomic.__exit__(type(exc), exc, exc.__traceback__)
+            raise
         self._f.write('{"type": "FeatureCollection", "features": [\n')
 
     def write(self, nuc: Nucleus) -> None:
@@ -182,9 +187,14 @@ class GeoJSONWriter:
 
     def close(self) -> Path:
         if not self._f.closed:
-            self._f.write("\n]}\n")
-            self._f.close()
-            os.replace(self.tmp, self.path)
+            try:
+                self._f.write("\n]}\n")
+                self._f.close()
+            except BaseException as exc:
+                self._f.close()
+                self._atomic.__exit__(type(exc), exc, exc.__traceback__)
+                raise
+            self._atomic.__exit__(None, None, None)
         return self.path
 
     def __enter__(self) -> GeoJSONWriter:
@@ -198,9 +208,9 @@ class GeoJSONWriter:
     ) -> None:
         if exc_type is None:
             self.close()
-        else:
+        elif not self._f.closed:
             self._f.close()
-            self.tmp.unlink(missing_ok=True)
+            self._atomic.__exit__(exc_type, exc, tb)  # removes the temporary file
 
 
 def draw_overlay(
@@ -226,12 +236,9 @@ def draw_overlay(
 def write_png(path: str | Path, rgb: NDArray[np.uint8]) -> Path:
     """An RGB image as PNG, written to a temporary name and renamed (never a torn file)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    if not cv2.imwrite(str(tmp), np.ascontiguousarray(rgb[..., ::-1])):
-        tmp.unlink(missing_ok=True)
-        raise OSError(f"cannot write {path}")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), np.ascontiguousarray(rgb[..., ::-1])):
+            raise OSError(f"cannot write {path}")
     return path
 
 

@@ -26,8 +26,10 @@ from pathssl.nuclei.data import LabelledImage
 from pathssl.nuclei.postprocess import Instances
 from pathssl.nuclei.predict import NucleiPredictor, configured_predictor
 from pathssl.nuclei.splits import load_data, subset_labels
-from pathssl.nuclei.train import train_nuclei
+from pathssl.nuclei.train import model_mpp, train_nuclei
+from pathssl.train.assemble import check_out_dir
 from pathssl.train.distributed import pick_device
+from tiling.atomic import atomic_path, atomic_write
 
 ScoreFn = Callable[[Sequence[LabelledImage], Sequence[Instances]], dict[str, Any]]
 
@@ -50,7 +52,9 @@ def run_label_efficiency(
     """Train and evaluate once per fraction; writes ``label_efficiency.json`` and
     ``label_efficiency.png`` in ``cfg.train.out_dir``; returns the JSON content."""
     fractions = sorted(fractions or cfg.fractions)
-    train_images, val_images = load_data(cfg.data)
+    check_out_dir(cfg.train.out_dir)
+    mpp, _ = model_mpp(cfg)
+    train_images, val_images = load_data(cfg.data, target_mpp=mpp)
     if not val_images:
         raise ValueError("label efficiency needs held-apart images (data.val_region)")
     if cfg.train.val_every > 0:
@@ -79,12 +83,13 @@ def run_label_efficiency(
                 **scores,
             }
         )
-    report = {"steps": cfg.train.steps, "backbone": cfg.model.backbone, "runs": rows}
+    report = {"steps": cfg.train.max_steps, "backbone": cfg.model.backbone, "runs": rows}
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "label_efficiency.json").write_text(json.dumps(report, indent=2))
+    atomic_write(out_dir / "label_efficiency.json", json.dumps(report, indent=2))
     metrics = [k for k in ("pq", "mpq_plus", "aji", "f1_detection") if k in rows[0]]
     png = plot_curves([r["fraction"] for r in rows], {m: [r[m] for r in rows] for m in metrics})
-    cv2.imwrite(str(out_dir / "label_efficiency.png"), png)
+    with atomic_path(out_dir / "label_efficiency.png") as tmp:
+        cv2.imwrite(str(tmp), png)
     return report
 
 
@@ -145,3 +150,21 @@ def plot_curves(
         cv2.line(img, (left + pw + 15, ly - 4), (left + pw + 40, ly - 4), color, 2)
         cv2.putText(img, name, (left + pw + 46, ly), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
     return img
+
+
+def held_apart_scores(
+    model: Any, cfg: NucleiConfig, mpp: float, out: Path | None = None
+) -> dict[str, Any] | None:
+    """Scores (:func:`pathssl.nuclei.scores.score_images`) of a trained ``model`` on the config's
+    held-apart images read at the model's ``mpp``; written to ``out`` (JSON) when given. None
+    when the config holds no images apart. What ``pathssl nuclei train`` and the demo report."""
+    from pathssl.nuclei.scores import score_images
+
+    _, val = load_data(cfg.data, target_mpp=mpp)
+    if not val:
+        return None
+    scores = score_images(val, predict_images(validation_predictor(model, cfg), val))
+    scores["type_names"] = list(cfg.data.type_names)
+    if out is not None:
+        atomic_write(out, json.dumps(scores, indent=2))
+    return scores

@@ -9,8 +9,10 @@ that segment a nucleus near a cut differently could both own it or neither, so e
 nuclei up to ``slack`` (4 px) past its cuts and :mod:`.stitch` drops the second copy of a
 nucleus found twice (no duplicates, nothing lost). Windows are read, predicted (batched, on the GPU when there is one) and post-processed
 one batch at a time, and nuclei are yielded as they are found: memory does not grow with the slide
-(only the output does). Slides are read at the model's mpp (``tiling.slide.choose_level``; a
-resize when no level matches) and polygons mapped back to level-0 coordinates.
+(only the output does). Slides are read at the model's mpp (``tiling.slide.SlideAtMpp``: the level
+choice and resize of tiling) and polygons mapped back to level-0 coordinates; images are
+resampled to it when their own mpp differs by more than 10 % (:func:`predict_image_at_mpp`) and
+outputs mapped back to their pixels.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -31,6 +34,9 @@ from pathssl.nuclei.geojson import Nucleus, mask_ring
 from pathssl.nuclei.model import HV_KEY, NP_KEY, TP_KEY
 from pathssl.nuclei.postprocess import Instances, PostProcessConfig, postprocess
 from pathssl.nuclei.stitch import BorderDedup
+
+if TYPE_CHECKING:
+    from tiling.slide import SlideAtMpp
 
 ReadFn = Callable[[int, int, int], NDArray[np.uint8]]  # (x, y, size) -> (size, size, 3)
 
@@ -291,31 +297,53 @@ def is_background(rgb: NDArray[np.uint8], white: int = 220, fraction: float = 0.
     return bool((rgb.min(axis=2) > white).mean() > fraction)
 
 
-def slide_reader(
-    path: str | Path, target_mpp: float, assume_mpp: float | None = None
-) -> tuple[Callable[[int, int, int], NDArray[np.uint8]], int, int, float, float]:
-    """(read(x, y, size) in model pixels, width, height in model pixels, model px -> level-0
-    px factor, slide mpp) for a slide read at ``target_mpp``."""
-    from tiling.readers import make_reader
-    from tiling.slide import choose_level, open_slide, resolve_mpp
+def predict_image_at_mpp(
+    predictor: NucleiPredictor,
+    image: NDArray[np.uint8],
+    model_mpp: float,
+    image_mpp: float | None = None,
+    *,
+    name: str = "image",
+    log: Callable[[str], None] | None = None,
+) -> tuple[Instances, float]:
+    """Nuclei of an image ``(H, W, 3)`` uint8 at ``image_mpp`` (the INPUT's resolution) ->
+    (instances at the model's resolution, ``f`` = model px per image px).
 
-    slide = open_slide(path)
-    res = resolve_mpp(Path(path).name, dict(slide.properties), assume_mpp)
-    choice = choose_level(Path(path).name, res.mpp, tuple(slide.level_downsamples), target_mpp)
-    reader = make_reader(path, slide, choice.level)
-    scale = choice.scale  # level px per model px
+    The image is resampled to ``model_mpp`` (:func:`tiling.slide.resize_rgb`) when the two differ
+    by more than 10 % (``f`` = ``image_mpp / model_mpp``), else read as is (``f`` = 1); without
+    ``image_mpp`` it is taken at the model's. ``log`` gets one line saying which.
+    :func:`instances_at_image` maps the result back to the image's pixels, and
+    :func:`instances_to_nuclei` with ``scale=1 / f`` gives polygons in them.
+    """
+    from tiling.slide import mpp_differs, resize_rgb
 
-    def read(x: int, y: int, size: int) -> NDArray[np.uint8]:
-        if scale == 1.0:
-            return reader.read(x, y, size, size)
-        n = int(round(size * scale))
-        region = reader.read(int(round(x * scale)), int(round(y * scale)), n, n)
-        interp = cv2.INTER_AREA if scale > 1 else cv2.INTER_LINEAR
-        return np.asarray(cv2.resize(region, (size, size), interpolation=interp), np.uint8)
+    h, w = image.shape[:2]
+    f = 1.0
+    if image_mpp is None:
+        note = f"{name}: no mpp given; taken at the model's {model_mpp:g} um/px (set --mpp)"
+    elif mpp_differs(image_mpp, model_mpp):
+        f = image_mpp / model_mpp
+        note = (
+            f"note: {name} at {image_mpp:g} um/px differs from the model's {model_mpp:g} um/px "
+            f"by more than 10 %; resampled to {model_mpp:g} um/px, outputs in the image's pixels"
+        )
+    else:
+        note = f"{name}: read at {image_mpp:g} um/px (model {model_mpp:g} um/px)"
+    if log is not None:
+        log(note)
+    small = image if f == 1.0 else resize_rgb(image, max(1, round(w * f)), max(1, round(h * f)))
+    return predictor.predict_image(np.asarray(small, np.uint8)), f
 
-    width = int(reader.width / scale)
-    height = int(reader.height / scale)
-    return read, width, height, scale * choice.downsample, res.mpp
+
+def instances_at_image(
+    res: Instances, shape: tuple[int, int]
+) -> tuple[NDArray[np.int32], NDArray[np.int32]]:
+    """Instance and type maps of ``res`` taken to an image of ``shape`` ``(H, W)`` (nearest
+    neighbour, pixel centres aligned; :func:`pathssl.nuclei.data.resize_labels`)."""
+    from pathssl.nuclei.data import resize_labels
+
+    h, w = shape
+    return resize_labels(res.inst, w, h), resize_labels(res.types, w, h)
 
 
 @dataclass
@@ -338,13 +366,44 @@ def predict_slide(
     overlay: str | Path | None = None,
     overlay_side: int = 2048,
     assume_mpp: float | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> SlideResult:
     """Nuclei of a slide (or a level-0 ``region`` ``(x, y, w, h)``) -> streamed GeoJSON, plus a
     PNG overlay on a thumbnail at most ``overlay_side`` px wide, built from the windows as they
-    are read and outlined as nuclei are found (memory: the thumbnail, whatever the slide)."""
+    are read and outlined as nuclei are found (memory: the thumbnail, whatever the slide).
+
+    The slide is read at ``model_mpp`` through :class:`tiling.slide.SlideAtMpp` (the level
+    choice, resize and upsampling limit of ``pathssl tile``; ``assume_mpp`` for slides that
+    record no resolution); ``log`` gets one line saying at which mpp and from which level."""
+    from tiling.slide import SlideAtMpp
+
+    with SlideAtMpp(path, model_mpp, assume_mpp=assume_mpp) as src:
+        res = src.resolution
+        if log is not None:
+            log(
+                f"{src.name}: read at the model's {model_mpp:g} um/px from level "
+                f"{src.choice.level} (slide {res.mpp:g} um/px, {res.source})"
+            )
+        return _predict_slide(predictor, src, out, type_names, region, overlay, overlay_side)
+
+
+def _predict_slide(
+    predictor: NucleiPredictor,
+    src: SlideAtMpp,
+    out: str | Path,
+    type_names: list[str],
+    region: tuple[int, int, int, int] | None,
+    overlay: str | Path | None,
+    overlay_side: int,
+) -> SlideResult:
     from pathssl.nuclei.geojson import GeoJSONWriter, draw_overlay, write_png
 
-    read, width, height, f, slide_mpp = slide_reader(path, model_mpp, assume_mpp)
+    width, height = src.size
+    f, slide_mpp = src.to_level0, src.resolution.mpp
+
+    def read(x: int, y: int, size: int) -> NDArray[np.uint8]:
+        return src.read(x, y, size, size)
+
     x0 = y0 = 0
     if region is not None:
         x0, y0 = int(region[0] / f), int(region[1] / f)

@@ -5,7 +5,7 @@ label-fraction subsets for label-efficiency runs."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -16,39 +16,96 @@ from pathssl.nuclei.data import (
     load_mat_folder,
     load_mat_image,
     load_npz_pair,
+    resample,
 )
+from tiling.slide import mpp_differs
+
+Images = Sequence[LabelledImage]
 
 
-def load_data(cfg: DataConfig) -> tuple[Sequence[LabelledImage], Sequence[LabelledImage]]:
+def load_data(
+    cfg: DataConfig, target_mpp: float | None = None, log: Callable[[str], None] | None = print
+) -> tuple[Images, Images]:
     """(training images, held-apart validation images) as the config describes (see
     :class:`~pathssl.nuclei.config.DataConfig`); no pixel is in both. PanNuke folds stay lazy
-    (:class:`~pathssl.nuclei.data.PanNukeFold`)."""
+    (:class:`~pathssl.nuclei.data.PanNukeFold`).
+
+    Images carry ``data.mpp``. With ``target_mpp`` (the model's), images whose mpp differs from
+    it by more than 10 % are resampled to it (:func:`~pathssl.nuclei.data.resample`; regions are
+    cut first, in the file's pixels) and one note naming both values goes to ``log``; images
+    without an mpp are then an error naming the file and ``data.mpp``."""
+    train, val = _load(cfg)
+    if target_mpp is None:
+        return train, val
+    name = cfg.folder or cfg.image or cfg.format
+    notes: list[str] = []
+    train = _at_mpp(train, target_mpp, name, notes)
+    val = _at_mpp(val, target_mpp, name, notes)
+    if notes and log is not None:
+        log(
+            f"note: {name}: images at {', '.join(sorted(set(notes)))} um/px (data.mpp) differ "
+            f"from the model's {target_mpp:g} um/px by more than 10 %; resampled to "
+            f"{target_mpp:g} um/px"
+        )
+    return train, val
+
+
+def _at_mpp(images: Images, target_mpp: float, name: str, notes: list[str]) -> Images:
+    """``images`` at ``target_mpp`` (see :func:`load_data`); appends each resampled mpp."""
+    if isinstance(images, PanNukeFold):
+        if images.mpp is None:
+            raise ValueError(_no_mpp(name))
+        if not mpp_differs(images.mpp, target_mpp):
+            return images
+        notes.append(f"{images.mpp:g}")
+        return images.at_mpp(target_mpp)
+    out = []
+    for im in images:
+        if im.mpp is None:
+            raise ValueError(_no_mpp(name))
+        if mpp_differs(im.mpp, target_mpp):
+            notes.append(f"{im.mpp:g}")
+            im = resample(im, target_mpp)
+        out.append(im)
+    return out
+
+
+def _no_mpp(name: str) -> str:
+    return (
+        f"training data {name}: no pixel size (mpp) recorded; set data.mpp to its micrometres "
+        "per pixel (e.g. data.mpp=0.25 for 40x, 0.5 for 20x)"
+    )
+
+
+def _load(cfg: DataConfig) -> tuple[Images, Images]:
+    """The images and held-apart images of a config, at their own mpp (``data.mpp``)."""
+    mpp: float | None = cfg.mpp
     if cfg.format not in ("pannuke", "npz", "mat"):
         raise ValueError(f"data.format must be npz, pannuke or mat, got {cfg.format!r}")
     if cfg.format == "pannuke":
-        fold = PanNukeFold(cfg.folder, cfg.limit, type_lut=cfg.type_lut)
+        fold = PanNukeFold(cfg.folder, cfg.limit, type_lut=cfg.type_lut, mpp=mpp)
         _check_n_types(fold.num_types, cfg)
         if cfg.val_folder:
-            val_fold = PanNukeFold(cfg.val_folder, cfg.limit, type_lut=cfg.type_lut)
+            val_fold = PanNukeFold(cfg.val_folder, cfg.limit, type_lut=cfg.type_lut, mpp=mpp)
             _check_n_types(val_fold.num_types, cfg)
             return fold, val_fold
         tissues = [fold.tissue(i) for i in range(len(fold))]
         tr, va = split_indices(tissues, cfg.val_fraction, cfg.seed)
         return fold.subset(tr), fold.subset(va)
     if cfg.format == "mat" and cfg.folder:
-        images = [_map_types(im, cfg.type_lut) for im in load_mat_folder(cfg.folder, cfg.limit)]
+        folder = load_mat_folder(cfg.folder, cfg.limit, mpp)
+        images = [_map_types(im, cfg.type_lut) for im in folder]
         _check_types(images, cfg)
         if cfg.val_folder:
-            val = [
-                _map_types(im, cfg.type_lut) for im in load_mat_folder(cfg.val_folder, cfg.limit)
-            ]
+            val_folder = load_mat_folder(cfg.val_folder, cfg.limit, mpp)
+            val = [_map_types(im, cfg.type_lut) for im in val_folder]
             _check_types(val, cfg)
             return images, val
         return split_images(images, cfg.val_fraction, cfg.seed)
     if cfg.format == "npz":
-        full = load_npz_pair(cfg.image, cfg.inst, cfg.types or None)
+        full = load_npz_pair(cfg.image, cfg.inst, cfg.types or None, mpp=mpp)
     else:
-        full = load_mat_image(cfg.image, cfg.labels)
+        full = load_mat_image(cfg.image, cfg.labels, mpp)
     full = _map_types(full, cfg.type_lut)
     _check_types([full], cfg)
     if cfg.val_region and not cfg.train_region:
@@ -109,8 +166,7 @@ def split_images(
 def _map_types(im: LabelledImage, lut: list[int] | None) -> LabelledImage:
     if lut is None:
         return im
-    table = np.asarray(lut, np.int32)
-    return LabelledImage(im.image, im.inst, table[im.types], im.name, im.tissue)
+    return im.with_types(np.asarray(lut, np.int32)[im.types])
 
 
 def subset_labels(

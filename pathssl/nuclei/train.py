@@ -5,15 +5,16 @@ Runs through the one training loop (:class:`pathssl.train.loop.Trainer`) with a
 maps) -> :class:`NucleiTrainModule` (``NucleiModel`` + MONAI ``HoVerNetLoss``, returning
 ``{"loss", **logs}``) -> AdamW with linear warm-up and cosine decay. The loop supplies bf16
 autocast on CUDA, gradient clipping, the NaN guard, ``metrics.jsonl``, progress and resumable
-checkpoints (``last.pt``); the result is a checkpoint ``{"model", "meta"}`` (``nuclei.pt``).
+checkpoints (``last.pt``), all assembled from the shared ``optim`` / ``train`` sections by
+:mod:`pathssl.train.assemble`; the result is a checkpoint ``{"model", "meta"}`` (``nuclei.pt``,
+``meta["mpp"]``: the resolution the head was trained at, :func:`model_mpp`).
 With ``train.val_every`` the loop also scores the held-apart images (binary PQ, CoNIC mPQ+,
 detection F1) and ``nuclei.pt`` holds the weights of the best score (:func:`validation_scores`).
 """
 
 from __future__ import annotations
 
-import math
-import os
+import dataclasses
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -23,14 +24,23 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pathssl.models.pretrained import read_pretrained
-from pathssl.nuclei.config import ModelConfig, NucleiConfig, as_dict
+from pathssl.config import ConfigError
+from pathssl.models.pretrained import read_checkpoint, read_pretrained
+from pathssl.nuclei.config import ModelConfig, NucleiConfig, as_dict, check
 from pathssl.nuclei.data import LabelledImage, NucleiCropDataset
 from pathssl.nuclei.loss import HoVerNetCriterion
 from pathssl.nuclei.model import NucleiModel, build_nuclei_model
 from pathssl.nuclei.splits import load_data, subset_labels
-from pathssl.train.distributed import pick_device, use_bf16
-from pathssl.train.loop import LoopSettings, SupervisedStep, Trainer, Validation
+from pathssl.train.assemble import (
+    assemble,
+    check_out_dir,
+    check_previous_run,
+    setup_runtime,
+    start,
+)
+from pathssl.train.checkpoint import save_checkpoint
+from pathssl.train.distributed import pick_device
+from pathssl.train.loop import SupervisedStep, Validation
 
 CHECKPOINT = "nuclei.pt"
 
@@ -98,16 +108,6 @@ class OffsetSampler(torch.utils.data.Sampler[int]):
         self.start = int(state["start"])
 
 
-def _save(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-
-
-MONITORS = ("pq", "mpq_plus", "f1_detection")
-
-
 def validation_scores(
     model: NucleiModel, images: Sequence[LabelledImage], cfg: NucleiConfig, device: torch.device
 ) -> dict[str, float]:
@@ -125,23 +125,53 @@ def validation_scores(
     return {**{k: float(s[k]) for k in keys}, "nuclei": float(sum(len(p) for p in preds))}
 
 
+def model_mpp(cfg: NucleiConfig) -> tuple[float, str]:
+    """The one place the head's resolution is decided: ``(mpp, why)``. ``model.mpp`` when set,
+    else the encoder checkpoint's ``tile_mpp`` (what it was pretrained at), else ``data.mpp``."""
+    if cfg.model.mpp is not None:
+        return cfg.model.mpp, "model.mpp"
+    if cfg.model.checkpoint:
+        _, meta = read_pretrained(cfg.model.checkpoint, expect_backbone=cfg.model.backbone)
+        tile_mpp = meta.get("tile_mpp")
+        if tile_mpp is not None:
+            return float(tile_mpp), f"the tile_mpp of the encoder checkpoint {cfg.model.checkpoint}"
+    if cfg.data.mpp is None:
+        raise ConfigError(
+            "data.mpp is not set and no encoder checkpoint records a tile_mpp: set data.mpp to "
+            "the images' micrometres per pixel (or model.mpp)"
+        )
+    return cfg.data.mpp, "data.mpp: no encoder checkpoint with a tile_mpp"
+
+
 def train_nuclei(
     cfg: NucleiConfig,
     train_images: Sequence[LabelledImage] | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Train per ``cfg``; ``train_images`` overrides the config's data (label-efficiency runs).
-    Writes ``out_dir/nuclei.pt``, ``out_dir/metrics.jsonl`` and ``out_dir/last.pt`` (every
-    ``train.ckpt_every`` steps; ``train.resume=true`` continues from it)."""
+    """Train per ``cfg``; ``train_images`` overrides the config's data (label-efficiency runs;
+    they must be at the model's mpp, :func:`model_mpp`). Writes ``out_dir/nuclei.pt``,
+    ``out_dir/metrics.jsonl`` and ``out_dir/last.pt`` (every ``train.ckpt_every`` steps;
+    ``train.resume=true`` continues from it). Inputs and outputs are checked before any
+    compute."""
     t_start = time.perf_counter()
-    tc = cfg.train
+    tc, dc = cfg.train, cfg.data
+    check(cfg)
+    check_out_dir(tc.out_dir)
+    check_previous_run(tc, {"kind": "nuclei", "backbone": cfg.model.backbone})
     torch.manual_seed(tc.seed)
-    device = pick_device(tc.device)
-    if train_images is None:
-        train_images, _ = load_data(cfg.data)
-        if tc.label_fraction < 1:
-            train_images = subset_labels(train_images, tc.label_fraction, tc.label_tile, tc.seed)
-    num_types = len(cfg.data.type_names)
+    _, device = setup_runtime(tc)
+    mpp, why = model_mpp(cfg)
+    print(f"nuclei head at {mpp:g} um/px ({why})", flush=True)
+    val_images: Sequence[LabelledImage] = []
+    if train_images is None or tc.val_every > 0:
+        all_train, val_images = load_data(cfg.data, target_mpp=mpp)
+        if train_images is None:
+            train_images = all_train
+            if tc.label_fraction < 1:
+                train_images = subset_labels(
+                    train_images, tc.label_fraction, tc.label_tile, tc.seed
+                )
+    num_types = len(dc.type_names)
     model = build_model(cfg.model, num_types).to(device)
     criterion = HoVerNetCriterion(
         tc.lambda_hv_mse, use_types=num_types > 1, lambda_hv_grad=tc.lambda_hv_grad
@@ -149,71 +179,62 @@ def train_nuclei(
     module = NucleiTrainModule(model, criterion)
     ds = NucleiCropDataset(
         train_images,
-        tc.crop,
-        tc.steps * tc.batch_size,
+        dc.crop,
+        tc.max_steps * dc.batch_size,
         seed=tc.seed,
         stain_jitter=tc.stain_jitter,
     )
     sampler = OffsetSampler(len(ds))
     loader = torch.utils.data.DataLoader(
         ds,
-        batch_size=tc.batch_size,
+        batch_size=dc.batch_size,
         sampler=sampler,
-        num_workers=tc.num_workers,
+        num_workers=dc.num_workers,
         drop_last=True,
         pin_memory=device.type == "cuda",
     )
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
-
-    def lr_at(step: int) -> float:
-        if step < tc.warmup_steps:
-            return (step + 1) / tc.warmup_steps
-        t = (step - tc.warmup_steps) / max(tc.steps - tc.warmup_steps, 1)
-        return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "name": "all"}]
     out_dir = Path(tc.out_dir)
     meta = {
         "kind": "nuclei",
         "backbone": cfg.model.backbone,
         "num_types": num_types,
-        "type_names": list(cfg.data.type_names),
-        "mpp": cfg.data.mpp,
+        "type_names": list(dc.type_names),
+        "mpp": mpp,
+        "mpp_source": why,
         "config": as_dict(cfg),
     }
-    settings = LoopSettings(
-        max_steps=tc.steps,
-        out_dir=out_dir,
-        ckpt_every=tc.ckpt_every,
-        log_every=tc.log_every,
-        bf16=use_bf16(tc.precision, device),
-        clip_grad=tc.clip_grad or None,  # 0 or null: no clipping
-        progress=progress,
+    validation = _validation(cfg, model, val_images, device)
+    trainer = assemble(
+        module,
+        groups,
+        loader,
+        sampler,
+        SupervisedStep(device),
+        optim=cfg.optim,
+        train=dataclasses.replace(tc, progress=progress and tc.progress),
+        device=device,
+        meta=meta,
+        validation=validation,
     )
-    step = SupervisedStep(device)
-    validation = _validation(cfg, model, device)
-    trainer = Trainer(
-        module, opt, sched, loader, sampler, step, device, settings, meta, validation=validation
-    )
-    if not (tc.resume and trainer.resume()):
-        trainer.start_fresh()
+    start(trainer, tc)
     last = trainer.fit()
     if validation is not None:
         meta["best_step"] = trainer.restore_best()
         meta["best_score"] = {tc.monitor: trainer.best}
-    ckpt = out_dir / CHECKPOINT
-    _save(ckpt, {"model": model.state_dict(), "meta": meta})
+    ckpt = save_checkpoint(out_dir / CHECKPOINT, {"model": model.state_dict(), "meta": meta})
     return TrainResult(model.eval(), ckpt, last, time.perf_counter() - t_start, meta)
 
 
-def _validation(cfg: NucleiConfig, model: NucleiModel, device: torch.device) -> Validation | None:
+def _validation(
+    cfg: NucleiConfig,
+    model: NucleiModel,
+    val_images: Sequence[LabelledImage],
+    device: torch.device,
+) -> Validation | None:
     tc = cfg.train
     if tc.val_every <= 0:
         return None
-    if tc.monitor not in MONITORS:
-        raise ValueError(f"train.monitor must be one of {', '.join(MONITORS)}, got {tc.monitor!r}")
-    _, val_images = load_data(cfg.data)
     if not val_images:
         raise ValueError(
             "train.val_every needs held-apart images: set data.val_region (npz/mat) or "
@@ -228,12 +249,15 @@ def _validation(cfg: NucleiConfig, model: NucleiModel, device: torch.device) -> 
 
 
 def load_nuclei_model(path: str | Path, device: str = "cpu") -> tuple[NucleiModel, dict[str, Any]]:
-    """A trained nuclei checkpoint -> (model in eval mode on ``device``, meta)."""
+    """A trained nuclei checkpoint (``nuclei.pt``) -> (model in eval mode on ``device``, meta).
+    Any other checkpoint (a pretraining one, a loop's ``last.pt``) is refused with a message
+    naming what it is and what was expected."""
     from pathssl.nuclei.config import config_from_dict
 
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    fix = "pass the nuclei.pt that `pathssl nuclei train` writes in its train.out_dir"
+    ckpt = read_checkpoint(path, expect="nuclei", fix=fix)
     meta = ckpt["meta"]
-    cfg = config_from_dict(meta["config"])
+    cfg = config_from_dict(meta["config"], migrate=True)
     cfg.model.checkpoint = ""  # the weights come from this checkpoint
     model = build_model(cfg.model, int(meta["num_types"]))
     model.load_state_dict(ckpt["model"])

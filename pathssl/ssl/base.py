@@ -1,5 +1,9 @@
 """The common interface every SSL method implements, and shared helpers (EMA, schedules).
 
+:class:`SSLMethod` is the interface; :class:`MomentumTargetMethod` adds the EMA target network
+(BYOL, MoCo v2/v3, DINO); the masked image models (MAE, MaskFeat) share
+:class:`pathssl.ssl.masked.MaskedImageMethod`.
+
 A method is an ``nn.Module`` that owns its backbone, heads, target networks and loss. A generic
 training loop drives every method the same way::
 
@@ -81,8 +85,8 @@ class SSLMethod(nn.Module):
             else:
                 decay.append(p)
         return [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
+            {"name": "decay", "params": decay, "weight_decay": weight_decay},
+            {"name": "no_decay", "params": no_decay, "weight_decay": 0.0},
         ]
 
     def check_views(self, views: list[Tensor], minimum: int) -> None:
@@ -130,6 +134,44 @@ def make_target(online: M) -> M:
     for p in target.parameters():
         p.requires_grad_(False)
     return target
+
+
+class MomentumTargetMethod(SSLMethod):
+    """Base of the methods with an EMA target network (BYOL's target, MoCo's key / momentum
+    encoder, DINO's teacher): a frozen copy of the online backbone + head that follows it by
+    :func:`ema_update` after every optimiser step.
+
+    Subclasses call :meth:`init_target` once their head exists, and name the online network
+    (:meth:`online`) and the attribute holding its copy (:meth:`target_network`). The momentum
+    at step k of K is :func:`cosine_schedule` from ``momentum`` to 1 (BYOL, MoCo v3, DINO), or
+    constant with ``cosine_momentum = False`` (MoCo v2).
+    """
+
+    #: momentum rises from ``base_momentum`` to 1 by a cosine; False: constant ``base_momentum``
+    cosine_momentum: ClassVar[bool] = True
+
+    def online(self) -> nn.Sequential:
+        """The online network the target follows (backbone + head, no predictor)."""
+        raise NotImplementedError
+
+    def target_network(self) -> nn.Module:
+        """The EMA copy of :meth:`online` (registered under the subclass's attribute name)."""
+        raise NotImplementedError
+
+    def init_target(self, momentum: float) -> nn.Sequential:
+        """A frozen copy of :meth:`online` for the subclass to store; sets ``base_momentum``."""
+        self.base_momentum = momentum
+        return make_target(self.online())
+
+    def momentum_at(self, step: int, max_steps: int) -> float:
+        """The EMA momentum applied after step ``step`` (0-based) of ``max_steps``."""
+        if not self.cosine_momentum:
+            return self.base_momentum
+        return cosine_schedule(step, max_steps, self.base_momentum, 1.0)
+
+    def on_step_end(self, step: int, max_steps: int) -> None:
+        super().on_step_end(step, max_steps)
+        ema_update(self.target_network(), self.online(), self.momentum_at(step, max_steps))
 
 
 @torch.no_grad()

@@ -7,20 +7,13 @@ import torch
 from torch import Tensor, nn
 
 from pathssl.models.backbones import ResNetBackbone, ViTBackbone
-from pathssl.ssl.base import (
-    METHODS,
-    SSLMethod,
-    collapse_std,
-    cosine_schedule,
-    ema_update,
-    make_target,
-)
+from pathssl.ssl.base import METHODS, MomentumTargetMethod, collapse_std
 from pathssl.ssl.heads import MLPHead
 from pathssl.ssl.losses import byol_loss
 
 
 @METHODS.register("byol")
-class BYOL(SSLMethod):
+class BYOL(MomentumTargetMethod):
     """BYOL: online network backbone ``(B, E)`` -> projector ``(B, D)`` -> predictor ``(B, D)``;
     target network = EMA of backbone + projector. Loss: symmetrised ``2 - 2 cos(p, z')``.
 
@@ -38,8 +31,7 @@ class BYOL(SSLMethod):
         super().__init__(backbone)
         self.projector = MLPHead(self.embed_dim, proj_hidden_dim, proj_dim, num_layers=2)
         self.predictor = MLPHead(proj_dim, proj_hidden_dim, proj_dim, num_layers=2)
-        self.target = make_target(nn.Sequential(self.backbone, self.projector))
-        self.base_momentum = momentum
+        self.target = self.init_target(momentum)
 
     def forward(self, views: list[Tensor]) -> dict[str, Tensor]:
         self.check_views(views, 2)
@@ -51,13 +43,8 @@ class BYOL(SSLMethod):
         loss = byol_loss(p1, z2) + byol_loss(p2, z1)
         return {"loss": loss, "embed_std": collapse_std(h)}
 
-    def momentum_at(self, step: int, max_steps: int) -> float:
-        return cosine_schedule(step, max_steps, self.base_momentum, 1.0)
+    def online(self) -> nn.Sequential:
+        return nn.Sequential(self.backbone, self.projector)
 
-    def on_step_end(self, step: int, max_steps: int) -> None:
-        super().on_step_end(step, max_steps)
-        online = nn.Sequential(self.backbone, self.projector)
-        ema_update(self.target, online, self.momentum_at(step, max_steps))
-
-    def export_backbone(self) -> nn.Module:
-        return self.backbone
+    def target_network(self) -> nn.Module:
+        return self.target

@@ -8,21 +8,13 @@ from torch import Tensor, nn
 
 from pathssl.models.backbones import ResNetBackbone, ViTBackbone
 from pathssl.ssl import dist
-from pathssl.ssl.base import (
-    METHODS,
-    SSLMethod,
-    collapse_std,
-    cosine_schedule,
-    ema_update,
-    make_target,
-    multi_crop_apply,
-)
+from pathssl.ssl.base import METHODS, MomentumTargetMethod, collapse_std, multi_crop_apply
 from pathssl.ssl.heads import DINOHead
 from pathssl.ssl.losses import dino_loss
 
 
 @METHODS.register("dino")
-class DINO(SSLMethod):
+class DINO(MomentumTargetMethod):
     """DINO self-distillation with multi-crop.
 
     Student = backbone ``(B, E)`` + :class:`DINOHead` ``(B, out_dim)`` on every crop; teacher =
@@ -57,13 +49,12 @@ class DINO(SSLMethod):
         self.head = DINOHead(
             self.embed_dim, out_dim, hidden_dim, bottleneck_dim, norm_last_layer=norm_last_layer
         )
-        self.teacher = make_target(nn.Sequential(self.backbone, self.head))
+        self.teacher = self.init_target(momentum)
         self.student_temp = student_temp
         self.teacher_temp = teacher_temp
         self.warmup_teacher_temp = warmup_teacher_temp
         self.warmup_teacher_temp_steps = warmup_teacher_temp_steps
         self.center_momentum = center_momentum
-        self.base_momentum = momentum
         self.freeze_last_layer_steps = freeze_last_layer_steps
         self.n_local_views = n_local_views
         self.register_buffer("center", torch.zeros(1, out_dim))
@@ -73,9 +64,6 @@ class DINO(SSLMethod):
         if step >= w:
             return self.teacher_temp
         return self.warmup_teacher_temp + (self.teacher_temp - self.warmup_teacher_temp) * step / w
-
-    def momentum_at(self, step: int, max_steps: int) -> float:
-        return cosine_schedule(step, max_steps, self.base_momentum, 1.0)
 
     def forward(self, views: list[Tensor]) -> dict[str, Tensor]:
         self.check_views(views, 2)
@@ -106,10 +94,11 @@ class DINO(SSLMethod):
             self.head.last_weight.grad = None
             self.head.last_gain.grad = None
 
-    def on_step_end(self, step: int, max_steps: int) -> None:
-        super().on_step_end(step, max_steps)
-        online = nn.Sequential(self.backbone, self.head)
-        ema_update(self.teacher, online, self.momentum_at(step, max_steps))
+    def online(self) -> nn.Sequential:
+        return nn.Sequential(self.backbone, self.head)
+
+    def target_network(self) -> nn.Module:
+        return self.teacher
 
     def export_backbone(self) -> nn.Module:
         """The teacher's backbone (the paper evaluates the teacher)."""

@@ -6,9 +6,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from pathssl.augment.masking import split_by_mask
 from pathssl.models.backbones import ResNetBackbone, ViTBackbone
-from pathssl.ssl.base import METHODS, SSLMethod, collapse_std
+from pathssl.ssl.base import METHODS, collapse_std
 from pathssl.ssl.losses import masked_patch_loss, patchify
+from pathssl.ssl.masked import MaskedImageMethod
 
 
 def sincos_pos_embed(dim: int, grid_h: int, grid_w: int) -> Tensor:
@@ -29,32 +31,16 @@ def sincos_pos_embed(dim: int, grid_h: int, grid_w: int) -> Tensor:
     return torch.cat(parts, dim=1).float()
 
 
-def random_masking(
-    batch: int, num_patches: int, mask_ratio: float, device: torch.device
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-sample uniform random masking. Returns ``ids_keep`` ``(B, K)``, ``mask`` ``(B, N)``
-    (1 = masked) and ``ids_restore`` ``(B, N)`` (undoes the shuffle)."""
-    keep = max(1, int(round(num_patches * (1 - mask_ratio))))
-    noise = torch.rand(batch, num_patches, device=device)
-    ids_shuffle = torch.argsort(noise, dim=1)
-    ids_restore = torch.argsort(ids_shuffle, dim=1)
-    mask = torch.ones(batch, num_patches, device=device)
-    mask[:, :keep] = 0
-    mask = torch.gather(mask, 1, ids_restore)
-    return ids_shuffle[:, :keep], mask, ids_restore
-
-
 @METHODS.register("mae")
-class MAE(SSLMethod):
+class MAE(MaskedImageMethod):
     """MAE: the ViT encodes only the visible ``(1 - mask_ratio)`` of patches ``(B, 1 + K, E)``;
     a light Transformer decoder (``decoder_dim``, ``decoder_depth``, ``decoder_heads``, fixed
     sin-cos positions, a learned mask token) reconstructs every patch ``(B, N, p * p * 3)``.
     Loss: MSE on masked patches only, against per-patch normalised pixels (``norm_pix``).
 
     Views: 1 ``(B, 3, H, W)`` (H, W divisible by the patch size); extra views are ignored.
+    The mask: see :class:`MaskedImageMethod` (at least one patch must stay visible).
     """
-
-    vit_only = True
 
     def __init__(
         self,
@@ -65,14 +51,10 @@ class MAE(SSLMethod):
         decoder_heads: int = 16,
         norm_pix: bool = True,
     ) -> None:
-        super().__init__(backbone)
-        assert isinstance(backbone, ViTBackbone)
-        self.vit: ViTBackbone = backbone
-        self.n_global_views = 1
-        self.mask_ratio = mask_ratio
+        super().__init__(backbone, mask_ratio)
         self.norm_pix = norm_pix
         self.decoder_dim = decoder_dim
-        p = backbone.patch_size
+        p = self.vit.patch_size
         self.decoder_embed = nn.Linear(self.embed_dim, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
         nn.init.normal_(self.mask_token, std=0.02)
@@ -89,13 +71,15 @@ class MAE(SSLMethod):
         self.decoder_norm = nn.LayerNorm(decoder_dim)
         self.decoder_pred = nn.Linear(decoder_dim, p * p * 3)
 
-    def forward(self, views: list[Tensor]) -> dict[str, Tensor]:
+    def forward(self, views: list[Tensor], patch_mask: Tensor | None = None) -> dict[str, Tensor]:
         self.check_views(views, 1)
         x = views[0]
         p = self.vit.patch_size
         gh, gw = x.shape[-2] // p, x.shape[-1] // p
-        n = gh * gw
-        ids_keep, mask, ids_restore = random_masking(x.shape[0], n, self.mask_ratio, x.device)
+        mask = self.patch_mask(x, patch_mask)  # (B, N), True = masked
+        ids_keep, ids_restore = split_by_mask(mask)  # (B, K), (B, N)
+        if ids_keep.shape[1] == 0:
+            raise ValueError(f"MAE: the patch mask hides all {gh * gw} patches; lower mask_ratio")
         latent = self.vit.forward_masked(x, ids_keep)  # (B, 1 + K, E)
         pred = self.decode(latent, ids_restore, gh, gw)  # (B, N, p*p*3)
         loss = masked_patch_loss(pred, patchify(x, p), mask, self.norm_pix)

@@ -7,13 +7,14 @@ import torch
 from torch import Tensor, nn
 
 from pathssl.models.backbones import ResNetBackbone, ViTBackbone
-from pathssl.ssl.base import METHODS, SSLMethod, collapse_std
+from pathssl.ssl.base import METHODS, collapse_std
 from pathssl.ssl.hog import hog_dim, hog_patch_features
 from pathssl.ssl.losses import masked_patch_loss
+from pathssl.ssl.masked import MaskedImageMethod
 
 
 @METHODS.register("maskfeat")
-class MaskFeat(SSLMethod):
+class MaskFeat(MaskedImageMethod):
     """MaskFeat: a fraction ``mask_ratio`` of patch tokens is replaced by a learned mask token,
     the full sequence goes through the ViT ``(B, 1 + N, E)`` and a linear head predicts each
     patch's HOG descriptor ``(B, N, 3 * k * k * nbins)`` (:func:`hog_patch_features` on the input
@@ -22,10 +23,9 @@ class MaskFeat(SSLMethod):
 
     Differences from the paper: uniform random patch masking (the paper uses block-wise
     masking) and the HOG definition noted in :mod:`pathssl.ssl.hog`.
-    Views: 1 ``(B, 3, H, W)``; extra views are ignored.
+    Views: 1 ``(B, 3, H, W)``; extra views are ignored. The mask: see
+    :class:`MaskedImageMethod`.
     """
-
-    vit_only = True
 
     def __init__(
         self,
@@ -34,26 +34,21 @@ class MaskFeat(SSLMethod):
         cell_size: int = 8,
         nbins: int = 9,
     ) -> None:
-        super().__init__(backbone)
-        assert isinstance(backbone, ViTBackbone)
-        self.vit: ViTBackbone = backbone
-        self.n_global_views = 1
-        self.mask_ratio = mask_ratio
+        super().__init__(backbone, mask_ratio)
         self.cell_size = cell_size
         self.nbins = nbins
         self.mask_token = nn.Parameter(torch.zeros(1, 1, self.embed_dim))
         nn.init.normal_(self.mask_token, std=0.02)
-        self.head = nn.Linear(self.embed_dim, hog_dim(3, backbone.patch_size, cell_size, nbins))
+        self.head = nn.Linear(self.embed_dim, hog_dim(3, self.vit.patch_size, cell_size, nbins))
 
-    def forward(self, views: list[Tensor]) -> dict[str, Tensor]:
+    def forward(self, views: list[Tensor], patch_mask: Tensor | None = None) -> dict[str, Tensor]:
         self.check_views(views, 1)
         x = views[0]
+        mask = self.patch_mask(x, patch_mask)  # (B, N), True = masked
         tokens, pos = self.vit.patch_embed(x)  # (B, N, E), (1, 1 + N, E)
-        b, n, _ = tokens.shape
-        n_mask = max(1, int(round(n * self.mask_ratio)))
-        ranks = torch.argsort(torch.rand(b, n, device=x.device), dim=1).argsort(dim=1)
-        mask = (ranks < n_mask).to(tokens.dtype)  # (B, N), 1 = masked
-        tokens = torch.lerp(tokens, self.mask_token.expand_as(tokens), mask.unsqueeze(-1))
+        weight = mask.to(tokens.dtype).unsqueeze(-1)  # (B, N, 1); tokens are bf16 under autocast
+        fill = self.mask_token.to(tokens.dtype).expand_as(tokens)
+        tokens = torch.lerp(tokens, fill, weight)
         out = self.vit.encode(tokens, pos)  # (B, 1 + N, E)
         pred = self.head(out[:, 1:])
         with torch.no_grad():

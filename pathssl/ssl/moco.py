@@ -15,20 +15,13 @@ from torch import Tensor, nn
 
 from pathssl.models.backbones import ResNetBackbone, ViTBackbone
 from pathssl.ssl import dist
-from pathssl.ssl.base import (
-    METHODS,
-    SSLMethod,
-    collapse_std,
-    cosine_schedule,
-    ema_update,
-    make_target,
-)
+from pathssl.ssl.base import METHODS, MomentumTargetMethod, collapse_std
 from pathssl.ssl.heads import MLPHead
 from pathssl.ssl.losses import info_nce_queue, moco_v3_contrastive
 
 
 @METHODS.register("moco_v2")
-class MoCoV2(SSLMethod):
+class MoCoV2(MomentumTargetMethod):
     """MoCo v2: query encoder (backbone + 2-layer MLP without BN) on view 0, momentum key
     encoder on view 1, InfoNCE against a FIFO queue of ``queue_size`` past keys ``(K, D)``.
 
@@ -37,6 +30,7 @@ class MoCoV2(SSLMethod):
     Shuffle-BN is not implemented (use SyncBN or a ViT). Views: 2 global ``(B, 3, H, W)``.
     """
 
+    cosine_momentum = False
     queue: Tensor
     queue_ptr: Tensor
 
@@ -53,9 +47,8 @@ class MoCoV2(SSLMethod):
         self.projector = MLPHead(
             self.embed_dim, proj_hidden_dim, proj_dim, num_layers=2, hidden_bn=False
         )
-        self.key_encoder = make_target(nn.Sequential(self.backbone, self.projector))
+        self.key_encoder = self.init_target(momentum)
         self.temperature = temperature
-        self.momentum = momentum
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, proj_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self._pending: list[Tensor] = []
@@ -80,16 +73,21 @@ class MoCoV2(SSLMethod):
         self.queue[idx] = keys.to(self.queue.dtype)
         self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % size)
 
+    def online(self) -> nn.Sequential:
+        return nn.Sequential(self.backbone, self.projector)
+
+    def target_network(self) -> nn.Module:
+        return self.key_encoder
+
     def on_step_end(self, step: int, max_steps: int) -> None:
-        super().on_step_end(step, max_steps)
+        super().on_step_end(step, max_steps)  # EMA of the key encoder
         for keys in self._pending:
             self.enqueue(keys)
         self._pending.clear()
-        ema_update(self.key_encoder, nn.Sequential(self.backbone, self.projector), self.momentum)
 
 
 @METHODS.register("moco_v3")
-class MoCoV3(SSLMethod):
+class MoCoV3(MomentumTargetMethod):
     """MoCo v3: backbone -> 3-layer projector (BN, last BN affine-free) -> 2-layer predictor;
     momentum encoder (backbone + projector) with a cosine momentum schedule from ``momentum``
     to 1. Symmetrised InfoNCE against the keys of the global batch, scaled by ``2T``.
@@ -108,9 +106,8 @@ class MoCoV3(SSLMethod):
         super().__init__(backbone)
         self.projector = MLPHead(self.embed_dim, hidden_dim, out_dim, num_layers=3, last_bn=True)
         self.predictor = MLPHead(out_dim, hidden_dim, out_dim, num_layers=2)
-        self.momentum_encoder = make_target(nn.Sequential(self.backbone, self.projector))
+        self.momentum_encoder = self.init_target(momentum)
         self.temperature = temperature
-        self.base_momentum = momentum
 
     def forward(self, views: list[Tensor]) -> dict[str, Tensor]:
         self.check_views(views, 2)
@@ -122,13 +119,8 @@ class MoCoV3(SSLMethod):
         loss = moco_v3_contrastive(q1, k2, t) + moco_v3_contrastive(q2, k1, t)
         return {"loss": loss, "embed_std": collapse_std(h)}
 
-    def momentum_at(self, step: int, max_steps: int) -> float:
-        return cosine_schedule(step, max_steps, self.base_momentum, 1.0)
+    def online(self) -> nn.Sequential:
+        return nn.Sequential(self.backbone, self.projector)
 
-    def on_step_end(self, step: int, max_steps: int) -> None:
-        super().on_step_end(step, max_steps)
-        online = nn.Sequential(self.backbone, self.projector)
-        ema_update(self.momentum_encoder, online, self.momentum_at(step, max_steps))
-
-    def export_backbone(self) -> nn.Module:
-        return self.backbone
+    def target_network(self) -> nn.Module:
+        return self.momentum_encoder

@@ -3,12 +3,14 @@ optimisers/schedules and atomic, exactly resumable checkpoints.
 
 Example::
 
-    from pathssl.train import load_config, build_trainer
-    trainer = build_trainer(load_config("configs/pretrain/simclr.yaml", ["train.max_steps=10"]))
-    trainer.resume()
+    from pathssl.train import build_trainer, load_config, start
+    cfg = load_config("configs/pretrain/simclr.yaml", ["train.max_steps=10"])
+    trainer = build_trainer(cfg)
+    start(trainer, cfg.train)   # resume from out_dir/last.pt, or start fresh
     trainer.fit()
 """
 
+from pathssl.train.assemble import assemble, start
 from pathssl.train.build import build_trainer
 from pathssl.train.checkpoint import load_checkpoint, save_checkpoint
 from pathssl.train.config import ConfigError, PretrainConfig, load_config
@@ -20,8 +22,10 @@ __all__ = [
     "PretrainConfig",
     "Trainer",
     "TrainingDiverged",
+    "assemble",
     "build_trainer",
     "load_checkpoint",
     "load_config",
     "save_checkpoint",
+    "start",
 ]

@@ -1,6 +1,6 @@
 """The one place where a :class:`PretrainConfig` becomes objects (dataset, sampler, loader,
-views, method, optimiser, schedule, trainer). Every other building block takes explicit
-arguments."""
+views, method); optimiser, schedule and trainer come from the one training assembly
+(:mod:`pathssl.train.assemble`). Every other building block takes explicit arguments."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import difflib
 import inspect
 import random
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,10 +20,18 @@ from pathssl.augment import RECIPES, ViewRecipe, build_recipe
 from pathssl.data import ResumableSampler, TileDataset, collate_jpeg, collate_uint8, tile_mean_std
 from pathssl.models.backbones import BACKBONES, ResNetBackbone, build_backbone
 from pathssl.ssl.base import METHODS, SSLMethod
+from pathssl.train.assemble import (
+    assemble,
+    check_out_dir,
+    check_previous_run,
+    configure_runtime,
+    setup_runtime,
+)
+from pathssl.train.checkpoint import load_checkpoint
 from pathssl.train.config import ConfigError, PretrainConfig, to_dict
-from pathssl.train.distributed import DistInfo, init_distributed
-from pathssl.train.loop import LoopSettings, Trainer, ViewStep
-from pathssl.train.optim import build_optimizer, scaled_lr, warmup_cosine
+from pathssl.train.distributed import DistInfo
+from pathssl.train.loop import Trainer, ViewStep
+from pathssl.train.optim import scaled_lr
 
 
 def check_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any], where: str) -> None:
@@ -134,24 +141,40 @@ def build_loader(
     )
 
 
+def check_batch(batch_size: int, world_size: int, n_tiles: int) -> None:
+    """A global batch larger than the dataset repeats tiles inside every batch (for contrastive
+    losses: an image as its own negative): an error, before any compute."""
+    if batch_size * world_size > n_tiles:
+        raise ConfigError(
+            f"data.batch_size {batch_size} x {world_size} process(es) is more than the "
+            f"{n_tiles} tiles of data.stores after the QC filters: every batch would repeat "
+            "tiles (an image as its own negative); lower data.batch_size or add tiles"
+        )
+
+
 def build_trainer(
     cfg: PretrainConfig, dist_info: DistInfo | None = None, device: torch.device | None = None
 ) -> Trainer:
     """Everything for a run of ``cfg``: initialises torch.distributed from torchrun's variables
-    unless ``dist_info``/``device`` are given. Call ``trainer.resume()`` then ``fit()``."""
+    unless ``dist_info``/``device`` are given. Inputs and outputs are checked before any
+    compute. Call :func:`pathssl.train.assemble.start` (or ``trainer.resume()``), then
+    ``fit()``."""
     t = cfg.train
+    cfg.optim.check("optim")
+    t.check("train")
     if dist_info is None or device is None:
-        dist_info, device = init_distributed(t.device)
-    if t.threads:
-        torch.set_num_threads(t.threads)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
+        dist_info, device = setup_runtime(t, distributed=True)
+    else:
+        configure_runtime(t, device)
     recipe = build_views(cfg)
     encoded = cfg.data.decode == "device" or (cfg.data.decode == "auto" and device.type == "cuda")
     dataset = build_dataset(cfg, encoded=False)  # data errors first, before building models
+    check_batch(cfg.data.batch_size, dist_info.world_size, len(dataset))
+    check_out_dir(t.out_dir)
+    identity = {"kind": "pretrain", "method": cfg.method.name, "backbone": cfg.model.backbone}
+    check_previous_run(t, identity)  # a damaged or foreign last.pt: before building anything
+    if t.init_from:  # a previous stage's checkpoint: readable and with weights, before compute
+        load_checkpoint(t.init_from, fix="set train.init_from to the previous stage's last.pt")
     seed_everything(t.seed)  # identical initial weights and buffers on every rank
     method = build_method(cfg, recipe)
     if encoded and dataset.store(0).codec != "jpeg":
@@ -183,25 +206,11 @@ def build_trainer(
             broadcast_buffers=False,
         )
     o = cfg.optim
-    global_batch = cfg.data.batch_size * dist_info.world_size
-    lr = scaled_lr(o.lr, global_batch, o.lr_scaling)
-    if len(o.betas) != 2:
-        raise ConfigError(f"optim.betas: expected 2 numbers, got {o.betas}")
-    optimizer = build_optimizer(
-        o.name,
-        method.param_groups(o.weight_decay),
-        lr=lr,
-        weight_decay=o.weight_decay,
-        momentum=o.momentum,
-        betas=(o.betas[0], o.betas[1]),
-        lars_eta=o.lars_eta,
-    )
-    scheduler = warmup_cosine(optimizer, o.warmup_steps, t.max_steps, o.min_lr_ratio)
+    lr = scaled_lr(o.lr, cfg.data.batch_size * dist_info.world_size, o.lr_scaling)
     seed_everything(t.seed + dist_info.rank)
     generator = torch.Generator().manual_seed(t.seed * 7919 + dist_info.rank + 1)
     meta = {
-        "method": cfg.method.name,
-        "backbone": cfg.model.backbone,
+        **identity,
         "backbone_params": dict(cfg.model.params),
         "image_size": recipe.views[0][0].size,
         "tile_mpp": dataset.tile_mpp,
@@ -211,27 +220,18 @@ def build_trainer(
         "config": to_dict(cfg),
         "pathssl_version": __version__,
     }
-    settings = LoopSettings(
-        max_steps=t.max_steps,
-        out_dir=Path(t.out_dir),
-        ckpt_every=t.ckpt_every,
-        log_every=t.log_every,
-        bf16=bf16,
-        clip_grad=o.clip_grad,
-        max_bad_steps=t.max_bad_steps,
-        progress=t.progress,
-    )
     views = ViewStep(recipe.torch().to(device), mean, std, device, generator, channels_last)
-    return Trainer(
+    return assemble(
         method,
-        optimizer,
-        scheduler,
+        method.param_groups(o.weight_decay),
         loader,
         sampler,
         views,
-        device,
-        settings,
-        meta,
+        optim=o,
+        train=t,
+        device=device,
+        meta=meta,
+        lr=lr,
         generator=generator,
         dist_info=dist_info,
         model=model,

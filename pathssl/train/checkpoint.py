@@ -14,13 +14,15 @@ The trunk loads into a plain torchvision model without pathssl::
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from pathssl.models.pretrained import read_checkpoint
+from tiling.atomic import atomic_file
 
 CHECKPOINT_NAME = "last.pt"
 
@@ -52,34 +54,46 @@ def set_rng_state(state: dict[str, Any], augment_generator: torch.Generator | No
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` to ``path`` atomically: a temporary file in the same folder, fsync,
-    then ``os.replace``; a crash leaves either the old or the new checkpoint, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-    return path
+    """Write ``payload`` to ``path`` through the one atomic writer (:mod:`tiling.atomic`: a
+    temporary file beside it, fsync, ``os.replace``, folder fsync): a crash leaves either the old
+    or the new checkpoint, never half."""
+    with atomic_file(path) as f:
+        torch.save(payload, f)
+    return Path(path)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint onto the CPU (tensors only: ``weights_only`` loading)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    ckpt: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
-    return ckpt
+RESUME_FIX = "delete it or set train.resume=false to start over"
+
+
+def load_checkpoint(path: str | Path, fix: str = RESUME_FIX, lazy: bool = False) -> dict[str, Any]:
+    """Load a checkpoint onto the CPU (tensors only: ``weights_only`` loading; ``lazy``:
+    memory-mapped). An empty or damaged file raises
+    :class:`~pathssl.models.pretrained.CheckpointError` naming it and ``fix`` (what to do)."""
+    return read_checkpoint(path, fix=fix, lazy=lazy)
+
+
+RUN_KEYS = ("kind", "method", "backbone")
+
+
+def run_identity(meta: dict[str, Any]) -> dict[str, Any]:
+    """What makes two runs the same for resuming: training mode, method and backbone (a
+    checkpoint without a ``kind`` but with a ``method`` is pretraining's, as before kinds)."""
+    ident = {k: meta.get(k) for k in RUN_KEYS if meta.get(k) is not None}
+    if "kind" not in ident and "method" in ident:
+        ident = {"kind": "pretrain", **ident}
+    return ident
+
+
+def describe_run(identity: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v!r}" for k, v in identity.items()) or "no recorded method"
+
+
+def check_same_run(old_meta: dict[str, Any], new_meta: dict[str, Any], path: Path) -> None:
+    """Refuse a checkpoint ``path`` written by another kind of run (another method, backbone or
+    training mode) than ``new_meta``'s: resuming it or replacing it would be wrong."""
+    old, new = run_identity(old_meta), run_identity(new_meta)
+    if old != new:
+        raise ValueError(
+            f"{path} belongs to another run ({describe_run(old)}), this run is "
+            f"{describe_run(new)}: use another train.out_dir, or delete {path} to start over"
+        )

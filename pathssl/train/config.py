@@ -1,7 +1,9 @@
-"""Typed pretraining configuration: dataclasses parsed from YAML plus ``key=value`` overrides.
+"""Typed pretraining configuration: the schema (dataclass sections) of ``pathssl pretrain``.
 
-Unknown keys and values of the wrong type fail with a :class:`ConfigError` that names the key
-and, for unknown keys, the nearest valid ones::
+Loading is the package's one config loader (:mod:`pathssl.config`): YAML composed from base
+files (``defaults: [base, augment: ../augment/simclr]``), ``key=value`` overrides, and one-line
+:class:`ConfigError` messages naming the file, line and key (unknown keys with the nearest valid
+ones)::
 
     cfg = load_config("configs/pretrain/simclr.yaml", ["optim.lr=0.1", "data.batch_size=64"])
 """
@@ -9,18 +11,12 @@ and, for unknown keys, the nearest valid ones::
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-
-class ConfigError(ValueError):
-    """A configuration key is unknown, or its value has the wrong type."""
+# the generic machinery lives in pathssl.config; re-exported here for existing callers
+from pathssl.config import ConfigError, apply_override, from_dict, load
 
 
 @dataclass
@@ -72,8 +68,16 @@ class DataConfig:
 class OptimConfig:
     """Optimiser and schedule. ``lr`` is the base rate for a global batch of 256, scaled
     linearly (``lr_scaling: linear``), by square root (``sqrt``) or not (``none``).
-    Warmup-cosine: linear warmup over ``warmup_steps`` to the peak, cosine to
-    ``min_lr_ratio * peak`` at ``max_steps``. ``clip_grad``: max gradient norm (None = off)."""
+
+    ``schedule``: ``cosine`` (linear warmup over ``warmup_steps`` to the peak, cosine to
+    ``min_lr_ratio * peak`` at ``max_steps``) or ``step`` (the same warmup, then the rate times
+    ``gamma`` at each of ``milestones``, step numbers). ``weight_decay_end``: when set, the
+    weight decay of every group that has one follows a cosine from its value to
+    ``weight_decay_end * (its value / weight_decay)`` at ``max_steps`` (DINO: 0.04 -> 0.4).
+    ``groups``: per parameter group options by group name (``decay`` / ``no_decay`` for SSL
+    methods, ``all`` for the supervised heads): ``lr_scale`` (times the peak rate), ``lr`` (an
+    explicit peak rate, not scaled by batch size) and ``weight_decay``; e.g. Barlow Twins'
+    ``{no_decay: {lr_scale: 0.024}}``. ``clip_grad``: max gradient norm (None or 0 = off)."""
 
     name: str = "lars"
     lr: float = 0.3
@@ -85,12 +89,75 @@ class OptimConfig:
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0
     clip_grad: float | None = None
+    schedule: str = "cosine"
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    weight_decay_end: float | None = None
+    groups: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def check(self, where: str = "optim") -> None:
+        """Value ranges (types are checked by the parser); raises :class:`ConfigError`."""
+        _choice(f"{where}.name", self.name, OPTIMIZERS)
+        _choice(f"{where}.lr_scaling", self.lr_scaling, ("linear", "sqrt", "none"))
+        _choice(f"{where}.schedule", self.schedule, ("cosine", "step"))
+        _at_least(f"{where}.lr", self.lr, 0.0, strict=True)
+        _at_least(f"{where}.weight_decay", self.weight_decay, 0.0)
+        if self.weight_decay_end is not None:
+            _at_least(f"{where}.weight_decay_end", self.weight_decay_end, 0.0)
+        _at_least(f"{where}.warmup_steps", self.warmup_steps, 0)
+        _at_least(f"{where}.lars_eta", self.lars_eta, 0.0, strict=True)
+        _at_least(f"{where}.gamma", self.gamma, 0.0, strict=True)
+        if self.clip_grad is not None:
+            _at_least(f"{where}.clip_grad", self.clip_grad, 0.0)
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"{where}.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"{where}.momentum must be in [0, 1), got {self.momentum}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"{where}.betas: expected 2 numbers in [0, 1), got {self.betas}")
+        if any(m < 1 for m in self.milestones) or self.milestones != sorted(self.milestones):
+            raise ConfigError(
+                f"{where}.milestones must be increasing step numbers >= 1, got {self.milestones}"
+            )
+        for name, opts in self.groups.items():
+            if not isinstance(opts, dict):
+                raise ConfigError(f"{where}.groups.{name}: expected a mapping, got {opts!r}")
+            for key, value in opts.items():
+                if key not in GROUP_OPTIONS:
+                    raise ConfigError(
+                        f"unknown config key '{where}.groups.{name}.{key}' "
+                        f"(valid: {', '.join(GROUP_OPTIONS)})"
+                    )
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise ConfigError(f"{where}.groups.{name}.{key}: expected float, got {value!r}")
+                _at_least(f"{where}.groups.{name}.{key}", value, 0.0, strict=key != "weight_decay")
+
+
+OPTIMIZERS = ("sgd", "lars", "adamw")
+GROUP_OPTIONS = ("lr_scale", "lr", "weight_decay")
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
+
+
+def _at_least(key: str, value: float, low: float, strict: bool = False) -> None:
+    """``value > low`` (``strict``) or ``value >= low``, else a one-line ConfigError."""
+    if value < low or (strict and value == low) or value != value:
+        rel = ">" if strict else ">="
+        raise ConfigError(f"{key} must be {rel} {low:g}, got {value}: set {key} to a valid value")
 
 
 @dataclass
-class TrainConfig:
-    """The loop. ``precision``: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``bf16`` or
-    ``fp32``. ``max_bad_steps``: consecutive NaN/inf steps before stopping."""
+class LoopConfig:
+    """The keys every training mode shares (pretraining, the nuclei head, fine-tuning).
+
+    ``precision``: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``bf16`` or ``fp32``.
+    ``max_bad_steps``: consecutive NaN/inf steps before stopping. ``resume``: continue from
+    ``out_dir/last.pt`` when it exists (false: start over, replacing it). ``init_from``: a
+    previous stage's checkpoint whose weights (every parameter and buffer of the same name and
+    shape) start this run; recorded in the checkpoints' ``meta["init_from"]``."""
 
     max_steps: int = 1000
     seed: int = 0
@@ -98,13 +165,31 @@ class TrainConfig:
     ckpt_every: int = 500
     log_every: int = 10
     precision: str = "auto"
-    compile: bool = False
-    channels_last: bool = True
     max_bad_steps: int = 10
     device: str = "auto"
     progress: bool = True
     resume: bool = True
     threads: int | None = None
+    init_from: str = ""
+
+    def check(self, where: str = "train") -> None:
+        """Value ranges; raises :class:`ConfigError`."""
+        for key in ("max_steps", "ckpt_every", "log_every", "max_bad_steps"):
+            _at_least(f"{where}.{key}", getattr(self, key), 1)
+        if self.threads is not None:
+            _at_least(f"{where}.threads", self.threads, 1)
+        _choice(f"{where}.precision", self.precision, ("auto", "bf16", "fp32"))
+        if not self.out_dir:
+            raise ConfigError(f"{where}.out_dir is empty: set it to the run's output folder")
+
+
+@dataclass
+class TrainConfig(LoopConfig):
+    """Pretraining's loop (:class:`LoopConfig`) plus ``compile`` (``torch.compile`` of the
+    backbone) and ``channels_last`` (CNNs on CUDA)."""
+
+    compile: bool = False
+    channels_last: bool = True
 
 
 @dataclass
@@ -117,103 +202,15 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` (ints are accepted as floats)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as exc:
-                errors.append(exc)
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping of settings, got {value!r}")
-        return from_dict(tp, value, key)  # type: ignore[arg-type]
-    if origin is list:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        (item,) = typing.get_args(tp) or (Any,)
-        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return dict(value)
-    if tp is Any:
-        return value
-    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if tp is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if tp in (str, bool) and type(value) is tp:
-        return value
-    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
-
-
-def from_dict(cls: type[Any], data: dict[str, Any], prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a nested mapping, checking every key and type."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        full = f"{prefix}.{key}" if prefix else str(key)
-        if key not in names:
-            near = difflib.get_close_matches(str(key), names, n=3, cutoff=0.5)
-            hint = f"; did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
-            raise ConfigError(
-                f"unknown config key {full!r}{hint} (valid keys"
-                f"{' under ' + repr(prefix) if prefix else ''}: {', '.join(names)})"
-            )
-        kwargs[key] = _coerce(value, hints[key], full)
-    return cls(**kwargs)
-
-
-def apply_override(data: dict[str, Any], override: str) -> None:
-    """Apply one ``a.b.c=value`` override (value parsed as YAML) to the nested dict ``data``."""
-    if "=" not in override:
-        raise ConfigError(f"override {override!r} is not of the form key=value")
-    key, raw = override.split("=", 1)
-    parts = key.strip().split(".")
-    if not all(parts):
-        raise ConfigError(f"override {override!r}: empty key")
-    node = data
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {override!r}: {part!r} is not a section")
-        node = child
-    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+__all__ = ["ConfigError", "PretrainConfig", "apply_override", "from_dict", "load_config"]
 
 
 def load_config(
     path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()
 ) -> PretrainConfig:
-    """Parse a YAML config file (or defaults if ``path`` is None) plus overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} not found")
-        loaded = yaml.safe_load(p.read_text())
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping of sections")
-        data = loaded or {}
-    for ov in overrides:
-        apply_override(data, ov)
-    cfg: PretrainConfig = from_dict(PretrainConfig, data)
-    validate(cfg)
-    return cfg
+    """Compose a YAML config file (``defaults`` included; None: the schema's defaults), apply
+    ``key=value`` overrides, parse and :func:`validate` it (see :mod:`pathssl.config`)."""
+    return load(PretrainConfig, path, overrides, validate=validate)
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -231,12 +228,12 @@ def validate(cfg: PretrainConfig) -> None:
         section, name = key.split(".")
         if d[section][name] not in choices:
             raise ConfigError(f"{key}: {d[section][name]!r} is not one of {', '.join(choices)}")
-    for key in ("data.batch_size", "train.max_steps", "train.ckpt_every", "train.log_every"):
+    for key in ("data.batch_size", "data.norm_tiles"):
         section, name = key.split(".")
-        if d[section][name] < 1:
-            raise ConfigError(f"{key} must be >= 1, got {d[section][name]}")
-    if cfg.train.max_bad_steps < 1:
-        raise ConfigError(f"train.max_bad_steps must be >= 1, got {cfg.train.max_bad_steps}")
+        _at_least(key, d[section][name], 1)
+    _at_least("data.num_workers", cfg.data.num_workers, 0)
+    cfg.optim.check("optim")
+    cfg.train.check("train")
 
 
 def to_dict(cfg: PretrainConfig) -> dict[str, Any]:

@@ -1,9 +1,13 @@
 """Features of every tile of a store from a pretraining checkpoint's trunk.
 
 ``embed_store(store, checkpoint, out)`` writes a zarr v3 group (atomically: a temporary folder
-then ``os.replace``) with ``features`` ``(N, D)`` float32 (tile ``i`` -> row ``i``, tiles at
+renamed into place by ``tiling.atomic.replace_dir``) with ``features`` ``(N, D)`` float32 (tile ``i`` -> row ``i``, tiles at
 their stored size, normalised by the checkpoint's mean/std) and ``coords`` ``(N, 2)`` int64
 level-0 x, y, plus attributes naming the checkpoint, method, backbone and slide.
+
+Before anything is computed the output is checked (:func:`check_embed_output`): it may not be,
+hold or lie inside the store or the checkpoint, and an existing ``out`` is replaced only when it
+is an earlier ``pathssl embed`` output and ``force`` is given.
 """
 
 from __future__ import annotations
@@ -20,6 +24,10 @@ from torch import Tensor
 from pathssl.data import TileDataset, collate_uint8
 from pathssl.models.backbones import ResNetBackbone, ViTBackbone
 from pathssl.models.pretrained import load_pretrained
+from tiling.atomic import replace_dir
+from tiling.errors import UsageError
+from tiling.outputs import check_output_file
+from tiling.store import read_attrs
 
 
 def load_trunk(checkpoint: str | Path) -> tuple[ResNetBackbone | ViTBackbone, dict[str, Any]]:
@@ -39,6 +47,27 @@ def embed_tiles(
     return out.float()
 
 
+def is_embed_output(path: Path) -> bool:
+    """Whether ``path`` is a features group that :func:`embed_store` wrote."""
+    attrs = read_attrs(path)
+    return attrs is not None and {"checkpoint", "store", "slide_id"} <= set(attrs)
+
+
+def check_embed_output(
+    store: str | Path, checkpoint: str | Path, out: str | Path, force: bool = False
+) -> Path:
+    """Refuse (``tiling.errors.OutputError``) an ``out`` that is, holds or lies in the store or
+    the checkpoint, that exists and is not an earlier embed output, or that exists without
+    ``force``; returns ``out`` as a Path."""
+    return check_output_file(
+        out,
+        inputs=[store, checkpoint],
+        force=force,
+        is_ours=is_embed_output,
+        command="embed",
+    )
+
+
 def embed_store(
     store: str | Path,
     checkpoint: str | Path,
@@ -46,16 +75,25 @@ def embed_store(
     batch_size: int = 64,
     device: str = "auto",
     num_workers: int = 0,
+    force: bool = False,
 ) -> Path:
-    """Write features of every tile of ``store`` to the zarr group ``out``; returns ``out``."""
+    """Write features of every tile of ``store`` to the zarr group ``out``; returns ``out``.
+
+    ``out`` is checked before any work (:func:`check_embed_output`); ``force`` replaces an
+    earlier embed output."""
     import zarr
 
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
+    if num_workers < 0:
+        raise UsageError(f"--num-workers must be >= 0, got {num_workers}")
     dev = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     )
     dataset = TileDataset([store])
     if len(dataset.paths) != 1:
         raise ValueError(f"{store}: expected one tile store, found {len(dataset.paths)}")
+    out = check_embed_output(store, checkpoint, out, force)
     backbone, meta = load_trunk(checkpoint)
     backbone.to(dev)
     loader = torch.utils.data.DataLoader(
@@ -67,9 +105,9 @@ def embed_store(
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             f = embed_tiles(backbone, batch["image"].to(dev), meta["mean"], meta["std"])
         feats[idx] = f.cpu().numpy()
-    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)  # ours: left by a killed run of this process id
     group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
     group.create_array("features", data=feats, chunks=(min(len(feats), 4096), feats.shape[1]))
     group.create_array("coords", data=dataset.coords(), chunks=(min(len(feats), 65536), 2))
@@ -86,11 +124,8 @@ def embed_store(
             "pathssl_version": meta.get("pathssl_version"),
         }
     )
-    if out.exists():
-        trash = out.with_name(f".{out.name}.trash-{os.getpid()}")
-        os.replace(out, trash)
-        os.replace(tmp, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+    if out.exists() and not (force and is_embed_output(out)):  # appeared while computing
+        shutil.rmtree(tmp, ignore_errors=True)
+        check_embed_output(store, checkpoint, out, force)
+    replace_dir(tmp, out)
     return out

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tiling.atomic import atomic_write
+
 
 class MetricsLogger:
     """Append-only JSONL metrics (and TensorBoard scalars); a no-op when ``enabled`` is False
@@ -64,6 +66,4 @@ def truncate_metrics(path: str | Path, step: int) -> None:
     if not path.is_file():
         return
     keep = [r for r in read_metrics(path) if int(r.get("step", 0)) < step]
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-    tmp.replace(path)
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in keep))

@@ -1,10 +1,13 @@
-"""The one training loop: every SSL method and the supervised nuclei head run through it.
+"""The one training loop: every SSL method, the supervised nuclei head and fine-tuning run
+through it; :mod:`pathssl.train.assemble` builds its :class:`Trainer` from the shared config
+sections (the only place one is constructed).
 
 What a batch means is a small pluggable :class:`BatchStep`: ``prepare(batch)`` (outside autocast)
 makes the model's inputs on the device, ``forward(model, inputs)`` (under autocast) returns
-``{"loss": scalar, **logs}``. Its two kinds live in :mod:`.steps`: :class:`ViewStep` (SSL: uint8
-tiles -> batched views on the device -> ``method(views)``) and :class:`SupervisedStep`
-(``{"image", **targets}`` -> ``module(images, targets)``).
+``{"loss": scalar, **logs}``. Its kinds live in :mod:`.steps`: :class:`ViewStep` (SSL: uint8
+tiles -> batched views on the device -> ``method(views)``), :class:`SupervisedStep`
+(``{"image", **targets}`` -> ``module(images, targets)``), ``MixUpStep`` (a supervised batch
+mixed) and ``PairedStep`` (two data streams, :mod:`.streams`, in one step).
 
 Shared by both, per step: bf16 autocast (CUDA) -> backward -> method hooks (when the module has
 them) -> gradient clipping -> NaN/inf guard -> optimiser and scheduler step -> EMA/queue updates;
@@ -30,8 +33,10 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from pathssl.models.backbones import trunk_state_dict
+from pathssl.models.pretrained import CheckpointError
 from pathssl.train.checkpoint import (
     CHECKPOINT_NAME,
+    check_same_run,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -42,6 +47,7 @@ from pathssl.train.logger import MetricsLogger, truncate_metrics
 from pathssl.train.steps import SupervisedStep, ViewStep
 
 __all__ = [
+    "BatchSource",
     "BatchStep",
     "LoopSettings",
     "SupervisedStep",
@@ -117,6 +123,16 @@ class ResumableOrder(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+class BatchSource(Protocol):
+    """What the loop iterates: a ``DataLoader`` or :class:`~pathssl.train.streams.PairedLoader`
+    (``batch_size``: the per-process batch the sampler's consumed count is measured in)."""
+
+    @property
+    def batch_size(self) -> int | None: ...
+
+    def __iter__(self) -> Any: ...
+
+
 class BatchStep(Protocol):
     """How one loader batch becomes a loss. ``prepare`` runs outside autocast (no graph needed);
     ``forward`` runs under autocast and returns ``{"loss": scalar tensor, **logs}``."""
@@ -141,8 +157,8 @@ class Trainer:
         self,
         method: nn.Module,
         optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler,
-        loader: torch.utils.data.DataLoader[Any],
+        scheduler: torch.optim.lr_scheduler.LRScheduler,  # see pathssl.train.optim.Schedule
+        loader: BatchSource,
         sampler: ResumableOrder,
         batch_step: BatchStep,
         device: torch.device,
@@ -245,13 +261,12 @@ class Trainer:
         if not path.is_file():
             return False
         ckpt = load_checkpoint(path)
-        for key in ("method", "backbone"):
-            old, new = ckpt["meta"].get(key), self.meta.get(key)
-            if old != new:
-                raise ValueError(
-                    f"{path} was written for {key} {old!r}, this run is {new!r}: use another "
-                    "train.out_dir or train.resume=false"
-                )
+        if "optimizer" not in ckpt or "method" not in ckpt:
+            raise CheckpointError(
+                f"checkpoint {path} is not a training loop's last.pt (no optimizer state); "
+                "delete it or set train.resume=false to start over"
+            )
+        self.check_same_run(ckpt.get("meta") or {}, path)
         self.method.load_state_dict(ckpt["method"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -277,6 +292,11 @@ class Trainer:
         if self.dist.is_main:
             truncate_metrics(self.metrics.path, self.step + 1)
         return True
+
+    def check_same_run(self, meta: dict[str, Any], path: Path) -> None:
+        """Refuse a checkpoint of another method, backbone or mode (see
+        :func:`~pathssl.train.checkpoint.check_same_run`)."""
+        check_same_run(meta, self.meta, path)
 
     # ----------------------------------------------------------------- one step
     def train_step(self, batch: Any) -> tuple[bool, dict[str, Tensor]]:

@@ -79,3 +79,67 @@ class SupervisedStep:
     ) -> dict[str, Tensor]:
         out: dict[str, Tensor] = model(*inputs)
         return out
+
+
+class MixUpStep:
+    """MixUp (Zhang et al. 2018) as an optional transform of a supervised batch: wraps a step
+    whose ``prepare`` gives ``(images (B, 3, H, W), {label_key: (B,) int, ...})`` and returns
+    ``(lam * x + (1 - lam) * x[perm], {label_key: (B, num_classes) soft targets})`` with
+    ``lam ~ Beta(alpha, alpha)`` and ``perm`` a permutation of the batch, both drawn from
+    ``generator`` (checkpointed by the loop, so a resumed run mixes the same pairs). The model
+    must accept soft targets (``cross_entropy`` does). Images come out as float."""
+
+    def __init__(
+        self,
+        inner: Any,
+        num_classes: int,
+        alpha: float,
+        generator: torch.Generator,
+        label_key: str = "label",
+    ) -> None:
+        if alpha <= 0:
+            raise ValueError(f"mixup alpha must be > 0, got {alpha}")
+        self.inner = inner
+        self.num_classes = num_classes
+        self.alpha = alpha
+        self.generator = generator
+        self.label_key = label_key
+
+    def draw(self, batch_size: int) -> tuple[float, Tensor]:
+        """``(lam, perm (B,) int64 on the CPU)`` for the next batch."""
+        import numpy as np
+
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator).item())
+        lam = float(np.random.default_rng(seed).beta(self.alpha, self.alpha))
+        return lam, torch.randperm(batch_size, generator=self.generator)
+
+    def prepare(self, batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
+        images, targets = self.inner.prepare(batch)
+        lam, perm = self.draw(images.shape[0])
+        perm = perm.to(images.device)
+        x = images.float()
+        y = nn.functional.one_hot(targets[self.label_key].long(), self.num_classes).float()
+        mixed = {**targets, self.label_key: lam * y + (1 - lam) * y[perm]}
+        return lam * x + (1 - lam) * x[perm], mixed
+
+    def forward(self, model: nn.Module, inputs: Any) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = self.inner.forward(model, inputs)
+        return out
+
+
+class PairedStep:
+    """Two data streams in one step (e.g. labelled + unlabelled): the loader yields pairs
+    ``(batch_a, batch_b)`` (:class:`~pathssl.train.streams.PairedLoader`), each prepared by its
+    own step, and the model is called as ``model(inputs_a, inputs_b)``."""
+
+    def __init__(self, first: Any, second: Any) -> None:
+        self.first = first
+        self.second = second
+
+    def prepare(self, batch: tuple[Any, Any]) -> tuple[Any, Any]:
+        a, b = batch
+        return self.first.prepare(a), self.second.prepare(b)
+
+    def forward(self, model: nn.Module, inputs: tuple[Any, Any]) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = model(*inputs)
+        return out
