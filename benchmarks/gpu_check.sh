@@ -30,8 +30,8 @@ step pretrain timeout 180 python3 benchmarks/bench_pretrain.py --steps 20 --warm
 N=$PATHSSL_DATA/nuclei
 step nuclei-train timeout 130 python3 -m pathssl.cli nuclei train configs/nuclei/hgsc_resnet18_cpu.yaml \
   "data.image=$N/hgsc_nest.jpg" "data.inst=$N/hgsc_nest_inst_mask.npz" \
-  "data.types=$N/hgsc_nest_type_mask.npz" train.device=cuda train.steps=300 train.batch_size=16 \
-  train.crop=256 train.out_dir=runs/gpu_nuclei --no-progress | tee "$OUT/nuclei_train.txt"
+  "data.types=$N/hgsc_nest_type_mask.npz" train.device=cuda train.max_steps=300 data.batch_size=16 \
+  data.crop=256 train.out_dir=runs/gpu_nuclei --no-progress | tee "$OUT/nuclei_train.txt"
 CKPT=runs/gpu_nuclei/nuclei.pt  # the head trained above; without it an untrained one (speed only)
 [ -f "$CKPT" ] && CK=(--checkpoint "$CKPT") || CK=()
 step nuclei-wsi timeout 170 python3 benchmarks/bench_nuclei.py --device cuda --sizes 2048 4096 \

@@ -390,3 +390,18 @@ def test_value_ranges_before_compute() -> None:
     check_batch(4, 2, 8)
     with pytest.raises(ConfigError, match=r"data\.batch_size 8 x 2 .* than the 10 tiles"):
         check_batch(8, 2, 10)
+
+
+def test_suspicious_settings_are_named_not_fatal() -> None:
+    from pathssl.train.build import suspicious
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert suspicious(32, 1, 10_000, 2, "auto", cpu, 2) == []
+    few = suspicious(32, 2, 500, 2, "fp32", cpu, 2)
+    assert len(few) == 1 and "only 500 tiles for a global batch of 64" in few[0]
+    assert "every ~7 steps" in few[0]
+    (bf16,) = suspicious(32, 1, 10_000, 2, "bf16", cpu, 2)
+    assert "bf16 on the CPU" in bf16
+    assert suspicious(32, 1, 10_000, 2, "bf16", cuda, 2) == []
+    (workers,) = suspicious(32, 1, 10_000, 8, "auto", cpu, 2)
+    assert "data.num_workers 8 is more than the 2 cores" in workers

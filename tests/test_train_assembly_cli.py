@@ -34,7 +34,7 @@ def pretrain(
 def one_line(err: str) -> str:
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
-    assert lines[0].startswith("pretrain: error: ") or lines[0].startswith("pathssl pretrain")
+    assert lines[0].startswith("pathssl pretrain: error: "), lines[0]
     return lines[0]
 
 

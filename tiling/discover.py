@@ -82,3 +82,14 @@ def fingerprint(files: tuple[Path, ...]) -> str:
                 fh.seek(max(_CHUNK, size - _CHUNK))
                 h.update(fh.read(_CHUNK))
     return h.hexdigest()
+
+
+def available_cores() -> int:
+    """The cores this process may use (its CPU affinity, i.e. the scheduler's allocation),
+    else the machine's core count: the default worker count of every command."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity on this platform
+        return max(1, os.cpu_count() or 1)

@@ -81,7 +81,9 @@ class StainStats:
     def save(self, path: str | Path) -> None:
         import yaml
 
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        from tiling.atomic import atomic_write
+
+        atomic_write(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
     def load(cls, path: str | Path) -> StainStats:

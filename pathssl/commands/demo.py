@@ -12,7 +12,6 @@ without a resolution), 2 for bad arguments or data. Library function: ``pathssl.
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,8 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="sample data folder with slides/ and nuclei/ "
         "(default: ../shared/data next to the project)",
     )
-    parser.add_argument("--pretrain-steps", type=int, default=300, help="SimCLR steps")
-    parser.add_argument("--nuclei-steps", type=int, default=300, help="nuclei head steps")
+    parser.add_argument("--pretrain-steps", type=int, default=150, help="SimCLR steps")
+    parser.add_argument("--nuclei-steps", type=int, default=200, help="nuclei head steps")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--workers", type=int, default=2, help="tiling processes")
     parser.add_argument("--force", action="store_true", help="rerun stages that are done")
@@ -34,21 +33,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathssl.demo import DEFAULT_DATA, run_demo
 
-    try:
-        result = run_demo(
-            args.out,
-            args.data or DEFAULT_DATA,
-            args.pretrain_steps,
-            args.nuclei_steps,
-            device=args.device,
-            workers=args.workers,
-            progress=not args.no_progress,
-            force=args.force,
-            log=lambda line: print(line, flush=True),
-        )
-    except ValueError as exc:
-        print(f"pathssl demo: error: {exc}", file=sys.stderr)
-        return 2
+    result = run_demo(  # a ValueError (bad --data, --out): one line, exit 2 (pathssl.cli)
+        args.out,
+        args.data or DEFAULT_DATA,
+        args.pretrain_steps,
+        args.nuclei_steps,
+        device=args.device,
+        workers=args.workers,
+        progress=not args.no_progress,
+        force=args.force,
+        log=lambda line: print(line, flush=True),
+    )
     print(f"Open {result.report}")
     if result.failed_slides:
         print(

@@ -10,7 +10,6 @@ exactly from the last one. Library function: ``pathssl.train.build_trainer(load_
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,31 +23,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import yaml
-
-    from pathssl.data import EmptyDatasetError
-    from pathssl.train import TrainingDiverged, build_trainer, load_config
+    """Errors found before any compute (config, data, outputs, a damaged or foreign ``last.pt``)
+    are ``ValueError``s: ``pathssl.cli.main`` prints them on one line and exits 2; a failure
+    during training (e.g. divergence) exits 1."""
+    from pathssl.config import dump
+    from pathssl.train import build_trainer, load_config
     from pathssl.train.assemble import start
-    from pathssl.train.config import to_dict
     from pathssl.train.distributed import cleanup_distributed
 
+    cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(dump(cfg), end="")
+        return 0
     try:
-        cfg = load_config(args.config, args.overrides)
-        if args.print_config:
-            print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
-            return 0
         trainer = build_trainer(cfg)
-        resumed = start(trainer, cfg.train)  # a damaged or foreign last.pt: an error here
-    except (ValueError, EmptyDatasetError, FileNotFoundError) as exc:  # ConfigError included
-        print(f"pretrain: error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        if resumed:
+        if start(trainer, cfg.train):  # a damaged or foreign last.pt: an error here
             print(f"resumed from {trainer.checkpoint_path} at step {trainer.step}", flush=True)
         trainer.fit()
-    except TrainingDiverged as exc:
-        print(f"pretrain: {exc}", file=sys.stderr)
-        return 1
     finally:
         cleanup_distributed()
     if trainer.dist.is_main:

@@ -13,7 +13,6 @@ Python API: ``tiling.tile_slides(inputs, out, mpp=0.5, size=224, workers=1)``.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 DEFAULT_OUT = "tiles"
@@ -30,12 +29,10 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def default_workers() -> int:
-    """The cores this process may use (its CPU affinity, i.e. the scheduler's allocation),
-    else the machine's core count."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # no affinity on this platform
-        return max(1, os.cpu_count() or 1)
+    """``--workers`` default: :func:`tiling.discover.available_cores`."""
+    from tiling.discover import available_cores
+
+    return available_cores()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -66,8 +66,8 @@ def stage_params(data: Path, pretrain_steps: int, nuclei_steps: int) -> dict[str
 def run_demo(
     out: str | Path,
     data: str | Path = DEFAULT_DATA,
-    pretrain_steps: int = 300,
-    nuclei_steps: int = 300,
+    pretrain_steps: int = 150,
+    nuclei_steps: int = 200,
     *,
     device: str = "auto",
     workers: int = 2,

@@ -150,7 +150,7 @@ def augment_preview(out: Path) -> dict[str, Any]:
 def pretrain(out: Path, data: Path, steps: int, device: str, progress: bool) -> dict[str, Any]:
     """Tile CMU-1 with 50 % overlap, then ``pathssl pretrain`` the CPU demo config on it
     (resuming an interrupted run from its ``last.pt``)."""
-    from pathssl.train import build_trainer, load_config
+    from pathssl.train import build_trainer, load_config, start
     from tiling import tile_slides
 
     tiles = out / "pretrain" / "tiles"
@@ -171,8 +171,7 @@ def pretrain(out: Path, data: Path, steps: int, device: str, progress: bool) -> 
         ),
     )
     trainer = build_trainer(cfg)
-    if cfg.train.resume:
-        trainer.resume()
+    start(trainer, cfg.train)  # as `pathssl pretrain`: resume, or start fresh
     last = trainer.fit()
     loss = last.get("loss")
     return {

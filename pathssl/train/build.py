@@ -7,6 +7,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import random
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +33,7 @@ from pathssl.train.config import ConfigError, PretrainConfig, to_dict
 from pathssl.train.distributed import DistInfo
 from pathssl.train.loop import Trainer, ViewStep
 from pathssl.train.optim import scaled_lr
+from tiling.discover import available_cores
 
 
 def check_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any], where: str) -> None:
@@ -152,6 +154,36 @@ def check_batch(batch_size: int, world_size: int, n_tiles: int) -> None:
         )
 
 
+def suspicious(
+    batch_size: int,
+    world_size: int,
+    n_tiles: int,
+    num_workers: int,
+    precision: str,
+    device: torch.device,
+    cores: int,
+) -> list[str]:
+    """Legal but suspicious settings, as one-line warnings (printed, never fatal): so few tiles
+    that every tile recurs within a few steps, bf16 autocast on the CPU (slow emulation), more
+    loader workers than the cores this process may use."""
+    out = []
+    global_batch = batch_size * world_size
+    if n_tiles < 10 * global_batch:
+        out.append(
+            f"only {n_tiles} tiles for a global batch of {global_batch}: every tile recurs every "
+            f"~{max(1, n_tiles // global_batch)} steps, so the encoder mostly memorises them; add "
+            "tiles (more slides, or tile with overlap) for a useful run"
+        )
+    if precision == "bf16" and device.type == "cpu":
+        out.append("train.precision=bf16 on the CPU is emulated and slow: use auto or fp32 there")
+    if num_workers > cores:
+        out.append(
+            f"data.num_workers {num_workers} is more than the {cores} cores this process may "
+            "use: loader workers will compete with the training step"
+        )
+    return out
+
+
 def build_trainer(
     cfg: PretrainConfig, dist_info: DistInfo | None = None, device: torch.device | None = None
 ) -> Trainer:
@@ -170,6 +202,17 @@ def build_trainer(
     encoded = cfg.data.decode == "device" or (cfg.data.decode == "auto" and device.type == "cuda")
     dataset = build_dataset(cfg, encoded=False)  # data errors first, before building models
     check_batch(cfg.data.batch_size, dist_info.world_size, len(dataset))
+    if dist_info.is_main:
+        for warning in suspicious(
+            cfg.data.batch_size,
+            dist_info.world_size,
+            len(dataset),
+            cfg.data.num_workers,
+            t.precision,
+            device,
+            available_cores(),
+        ):
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
     check_out_dir(t.out_dir)
     identity = {"kind": "pretrain", "method": cfg.method.name, "backbone": cfg.model.backbone}
     check_previous_run(t, identity)  # a damaged or foreign last.pt: before building anything
