@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import openslide
 import pytest
+from test_nuclei_data import npz_config  # the shared hgsc npz config
 from threshold_model import ThresholdNucleiModel
 
 from pathssl.eval.data import LabelledTiles, TileImages, image_folder
@@ -154,21 +155,9 @@ def test_resampled_maps_keep_nuclei_in_place(hgsc: LabelledImage) -> None:
 # --- nuclei training data at the model's mpp -----------------------------------------------------
 
 
-def _npz_config(data_dir: Path, **kw: object) -> DataConfig:
-    d = data_dir / "nuclei"
-    return DataConfig(
-        format="npz",
-        image=str(d / "hgsc_nest.jpg"),
-        inst=str(d / "hgsc_nest_inst_mask.npz"),
-        types=str(d / "hgsc_nest_type_mask.npz"),
-        type_names=TYPES,
-        **kw,  # type: ignore[arg-type]
-    )
-
-
 def test_load_data_resamples_to_the_model_mpp_with_a_note(data_dir: Path) -> None:
     notes: list[str] = []
-    cfg = _npz_config(
+    cfg = npz_config(
         data_dir, mpp=0.25, train_region=[0, 0, 1000, 1500], val_region=[1000, 0, 500, 1500]
     )
     (train,), (val,) = load_data(cfg, target_mpp=0.5, log=notes.append)
@@ -178,16 +167,16 @@ def test_load_data_resamples_to_the_model_mpp_with_a_note(data_dir: Path) -> Non
     assert "hgsc_nest.jpg" in notes[0] and "data.mpp" in notes[0]
     # within 10 %: read as is, nothing said
     notes.clear()
-    (same,), _ = load_data(_npz_config(data_dir, mpp=0.52), target_mpp=0.5, log=notes.append)
+    (same,), _ = load_data(npz_config(data_dir, mpp=0.52), target_mpp=0.5, log=notes.append)
     assert same.image.shape == (1500, 1500, 3) and same.mpp == 0.52 and notes == []
     # without a target: the images at their own mpp
-    (own,), _ = load_data(_npz_config(data_dir, mpp=0.25), log=notes.append)
+    (own,), _ = load_data(npz_config(data_dir, mpp=0.25), log=notes.append)
     assert own.mpp == 0.25 and own.image.shape == (1500, 1500, 3) and notes == []
 
 
 def test_training_data_without_mpp_is_a_clear_error(data_dir: Path) -> None:
     with pytest.raises(ValueError) as info:
-        load_data(_npz_config(data_dir, mpp=None), target_mpp=0.5)
+        load_data(npz_config(data_dir, mpp=None), target_mpp=0.5)
     text = str(info.value)
     assert "hgsc_nest" in text and "data.mpp" in text and "\n" not in text
 
