@@ -88,3 +88,31 @@ def test_two_steps_through_the_loop(method: str, store: Path, tmp_path: Path) ->
     assert len(ckpt["meta"]["mean"]) == 3 and all(0 < s < 1 for s in ckpt["meta"]["std"])
     assert int(ckpt["method"]["global_step"]) == 2
     assert all(torch.isfinite(v).all() for v in ckpt["trunk"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("method", ["mae", "maskfeat"])
+def test_masked_methods_take_the_recipe_mask(method: str, store: Path, tmp_path: Path) -> None:
+    """``augment.params.mask_ratio`` decides the mask the method trains with (it used to be drawn
+    by the recipe and dropped by the loop), on the backbone's patch grid; a second, different
+    ratio in ``method.params`` is refused."""
+    from pathssl.train import build_trainer, load_config
+    from pathssl.train.config import ConfigError
+
+    ov = tiny_overrides(method, store, tmp_path / "run")
+    ov = [o for o in ov if not o.startswith("augment.params=")]
+    ov += ["augment.params={size: 64, mask_ratio: 0.5}"]
+    trainer = build_trainer(load_config(None, ov))
+    patch = trainer.method.backbone.patch_size
+    n = (64 // patch) ** 2
+    views, mask = trainer.batch_step.prepare(next(iter(trainer.loader)))
+    assert mask is not None and tuple(mask.shape) == (4, n)
+    assert mask.sum(1).tolist() == [round(0.5 * n)] * 4
+    assert trainer.method.mask_ratio == 0.5
+    # the loss the loop computes is the method's loss under exactly that mask
+    torch.manual_seed(1)
+    ref = trainer.method(views, patch_mask=mask)["loss"]
+    torch.manual_seed(1)
+    got = trainer.batch_step.forward(trainer.method, (views, mask))["loss"]
+    torch.testing.assert_close(got, ref)
+    with pytest.raises(ConfigError, match="mask_ratio 0.75 differs"):
+        build_trainer(load_config(None, [*ov, "method.params={mask_ratio: 0.75}"]))

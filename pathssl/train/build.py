@@ -4,6 +4,7 @@ views, method); optimiser, schedule and trainer come from the one training assem
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
 import random
@@ -95,6 +96,15 @@ def build_method(cfg: PretrainConfig, recipe: ViewRecipe) -> SSLMethod:
     check_kwargs(m_fn, m_params, "method.params")
     if "n_local_views" in inspect.signature(m_fn).parameters:
         m_params.setdefault("n_local_views", max(0, recipe.n_views - 2))
+    if recipe.mask_ratio > 0 and "mask_ratio" in inspect.signature(m_fn).parameters:
+        # the recipe draws the mask (augment.params.mask_ratio): one ratio, stated once
+        given = m_params.setdefault("mask_ratio", recipe.mask_ratio)
+        if abs(float(given) - recipe.mask_ratio) > 1e-9:
+            raise ConfigError(
+                f"method.params.mask_ratio {given} differs from the view recipe's mask_ratio "
+                f"{recipe.mask_ratio}: the recipe draws the mask; set augment.params.mask_ratio "
+                "and drop method.params.mask_ratio"
+            )
     try:
         method = METHODS.build(
             cfg.method.name, backbone=build_backbone(cfg.model.backbone, **bb_params), **m_params
@@ -111,6 +121,15 @@ def build_method(cfg: PretrainConfig, recipe: ViewRecipe) -> SSLMethod:
             f"{recipe.n_views}"
         )
     return method
+
+
+def align_mask(recipe: ViewRecipe, method: SSLMethod) -> ViewRecipe:
+    """A masking recipe's patch grid follows the backbone's patch size (a ViT's 16 px patches,
+    or a test ViT's smaller ones), so the mask it draws fits the method's tokens."""
+    patch = getattr(method.backbone, "patch_size", None)
+    if recipe.mask_ratio > 0 and patch is not None and patch != recipe.patch_size:
+        return dataclasses.replace(recipe, patch_size=int(patch))
+    return recipe
 
 
 def seed_everything(seed: int) -> None:
@@ -220,6 +239,7 @@ def build_trainer(
         load_checkpoint(t.init_from, fix="set train.init_from to the previous stage's last.pt")
     seed_everything(t.seed)  # identical initial weights and buffers on every rank
     method = build_method(cfg, recipe)
+    recipe = align_mask(recipe, method)
     if encoded and dataset.store(0).codec != "jpeg":
         encoded = False
     dataset.encoded = encoded

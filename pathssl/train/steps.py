@@ -48,18 +48,24 @@ class ViewStep:
         return x.to(self.device, non_blocking=True)
 
     @torch.no_grad()
-    def make_views(self, images: Tensor) -> list[Tensor]:
+    def make_views(self, images: Tensor) -> tuple[list[Tensor], Tensor | None]:
+        """(normalised views, the recipe's ``(B, N)`` bool patch mask or None)."""
         out = self.views(images, self.generator)
         views = [(v.float() - self.mean) / self.std for v in out["views"]]
         if self.channels_last:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-        return views
+        return views, out.get("patch_mask")
 
-    def prepare(self, batch: dict[str, Any]) -> list[Tensor]:
+    def prepare(self, batch: dict[str, Any]) -> tuple[list[Tensor], Tensor | None]:
         return self.make_views(self.images(batch))
 
-    def forward(self, model: nn.Module, inputs: list[Tensor]) -> dict[str, Tensor]:
-        out: dict[str, Tensor] = model(inputs)
+    def forward(
+        self, model: nn.Module, inputs: tuple[list[Tensor], Tensor | None]
+    ) -> dict[str, Tensor]:
+        """``model(views)``, or ``model(views, patch_mask=mask)`` for a masking recipe (the
+        masked methods take their mask from the recipe: one place)."""
+        views, mask = inputs
+        out: dict[str, Tensor] = model(views) if mask is None else model(views, patch_mask=mask)
         return out
 
 
