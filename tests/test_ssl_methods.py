@@ -242,3 +242,21 @@ def test_vit_only_methods_reject_resnet() -> None:
         if METHODS.get(name).vit_only:
             with pytest.raises(TypeError, match="ViT"):
                 build(name, "resnet18")
+
+
+def test_moco_v2_skipped_step_never_reaches_the_queue() -> None:
+    """The loop skips a non-finite step without ``on_step_end``: its keys must not be enqueued
+    by the next applied step (they were, before: ``_pending`` kept both steps' keys)."""
+    moco = build("moco_v2", queue_size=16, proj_dim=4)
+    moco.train()
+    skipped, applied = random_views(moco), random_views(moco)
+    with torch.no_grad():
+        moco(skipped)  # forward of a step the NaN guard skips: no on_step_end follows
+        moco(applied)
+        keys = torch.nn.functional.normalize(moco.key_encoder(applied[1]), dim=1)  # type: ignore[operator]
+    before = moco.queue.clone()
+    moco.on_step_end(0, 10)
+    n = keys.shape[0]
+    assert int(moco.queue_ptr) == n  # one batch of keys, not two
+    torch.testing.assert_close(moco.queue[:n], keys)
+    torch.testing.assert_close(moco.queue[n:], before[n:])

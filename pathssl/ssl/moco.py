@@ -26,7 +26,9 @@ class MoCoV2(MomentumTargetMethod):
     encoder on view 1, InfoNCE against a FIFO queue of ``queue_size`` past keys ``(K, D)``.
 
     Keys of the whole global batch (all ranks) are enqueued in ``on_step_end`` (oldest
-    overwritten first); the key encoder is then moved by EMA with constant ``momentum``.
+    overwritten first), only for steps the loop applied: the keys of a step skipped by the NaN
+    guard never reach the queue. The key encoder is then moved by EMA with constant
+    ``momentum``.
     Shuffle-BN is not implemented (use SyncBN or a ViT). Views: 2 global ``(B, 3, H, W)``.
     """
 
@@ -60,8 +62,8 @@ class MoCoV2(MomentumTargetMethod):
         with torch.no_grad():
             k = F.normalize(self.key_encoder(views[1]), dim=1)
         loss = info_nce_queue(q, k, self.queue.clone(), self.temperature)
-        if self.training:
-            self._pending.append(dist.gather_no_grad(k))
+        if self.training:  # replaced, not appended: keys of a step the loop skipped (NaN
+            self._pending = [dist.gather_no_grad(k)]  # guard, no on_step_end) are dropped
         return {"loss": loss, "embed_std": collapse_std(h)}
 
     @torch.no_grad()
