@@ -187,7 +187,7 @@ def test_hog_matches_skimage_on_grayscale() -> None:
     so colour is compared channel by channel."""
     rng = np.random.default_rng(0)
     img = rng.random((32, 48))
-    ours = hog_patch_features(torch.from_numpy(img)[None, None], 16, 8, 9)[0].numpy()  # (6, 36)
+    ours = hog_patch_features(torch.from_numpy(img)[None, None], 16, 8, 9, norm="patch")[0].numpy()
     ref = skimage_hog(
         img,
         orientations=9,
@@ -199,7 +199,7 @@ def test_hog_matches_skimage_on_grayscale() -> None:
     ref = ref[::2, ::2].reshape(6, 36)
     np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-9)  # skimage sums in float32
     rgb = rng.random((3, 16, 32))
-    ours_rgb = hog_patch_features(torch.from_numpy(rgb)[None], 16, 8, 9)[0].numpy()  # (2, 108)
+    ours_rgb = hog_patch_features(torch.from_numpy(rgb)[None], 16, 8, 9, norm="patch")[0].numpy()
     for ch in range(3):
         ref_ch = skimage_hog(
             rgb[ch],
@@ -212,3 +212,28 @@ def test_hog_matches_skimage_on_grayscale() -> None:
         np.testing.assert_allclose(
             ours_rgb[:, ch * 36 : (ch + 1) * 36], ref_ch[0, ::2].reshape(2, 36), rtol=1e-6
         )
+
+
+def test_hog_cell_norm_matches_a_naive_per_cell_histogram() -> None:
+    """MaskFeat's reference normalises each cell's 9-bin histogram per channel: a pixel loop
+    (central differences, unsigned angle hard-binned, mean over the 8x8 cell, L2 over the bins)
+    gives the same targets; each cell's 9 values have unit norm (the old per-patch norm: not)."""
+    rng = np.random.default_rng(1)
+    img = rng.random((2, 16, 32))  # 2 channels, 2 x 4 cells, 2 patches
+    ours = hog_patch_features(torch.from_numpy(img)[None], 16, 8, 9)[0].numpy()  # (2, 72)
+    c, h, w = img.shape
+    ref = np.zeros((c, h // 8, w // 8, 9))
+    for ch in range(c):
+        for y in range(h):
+            for x in range(w):
+                gy = img[ch, y + 1, x] - img[ch, y - 1, x] if 0 < y < h - 1 else 0.0
+                gx = img[ch, y, x + 1] - img[ch, y, x - 1] if 0 < x < w - 1 else 0.0
+                angle = np.rad2deg(np.arctan2(gy, gx)) % 180.0
+                b = min(int(angle // 20.0), 8)
+                ref[ch, y // 8, x // 8, b] += np.hypot(gy, gx) / 64.0
+    ref /= np.sqrt((ref**2).sum(-1, keepdims=True) + 1e-10)
+    for p in range(2):  # patch p covers cell columns 2p, 2p + 1; rows (C, k, k, nbins)
+        expect = ref[:, :, 2 * p : 2 * p + 2, :].reshape(-1)
+        np.testing.assert_allclose(ours[p], expect, rtol=1e-6, atol=1e-9)
+    cells = ours.reshape(2, c, 2, 2, 9)
+    np.testing.assert_allclose(np.linalg.norm(cells, axis=-1), 1.0, rtol=1e-5)

@@ -18,7 +18,8 @@ class MaskFeat(MaskedImageMethod):
     """MaskFeat: a fraction ``mask_ratio`` of patch tokens is replaced by a learned mask token,
     the full sequence goes through the ViT ``(B, 1 + N, E)`` and a linear head predicts each
     patch's HOG descriptor ``(B, N, 3 * k * k * nbins)`` (:func:`hog_patch_features` on the input
-    image, 8x8 cells, 9 bins, per RGB channel, L2-normalised per patch). Loss: MSE on masked
+    image, 8x8 cells, 9 bins, per RGB channel, each cell's histogram L2-normalised as in the
+    reference code; ``hog_norm="patch"`` normalises per patch instead). Loss: MSE on masked
     patches only.
 
     Differences from the paper: uniform random patch masking (the paper uses block-wise
@@ -33,10 +34,14 @@ class MaskFeat(MaskedImageMethod):
         mask_ratio: float = 0.4,
         cell_size: int = 8,
         nbins: int = 9,
+        hog_norm: str = "cell",
     ) -> None:
         super().__init__(backbone, mask_ratio)
+        if hog_norm not in ("cell", "patch"):
+            raise ValueError(f"MaskFeat: hog_norm must be 'cell' or 'patch', got {hog_norm!r}")
         self.cell_size = cell_size
         self.nbins = nbins
+        self.hog_norm = hog_norm
         self.mask_token = nn.Parameter(torch.zeros(1, 1, self.embed_dim))
         nn.init.normal_(self.mask_token, std=0.02)
         self.head = nn.Linear(self.embed_dim, hog_dim(3, self.vit.patch_size, cell_size, nbins))
@@ -52,6 +57,8 @@ class MaskFeat(MaskedImageMethod):
         out = self.vit.encode(tokens, pos)  # (B, 1 + N, E)
         pred = self.head(out[:, 1:])
         with torch.no_grad():
-            target = hog_patch_features(x.float(), self.vit.patch_size, self.cell_size, self.nbins)
+            target = hog_patch_features(
+                x.float(), self.vit.patch_size, self.cell_size, self.nbins, norm=self.hog_norm
+            )
         loss = masked_patch_loss(pred, target.to(pred.dtype), mask, norm_target=False)
         return {"loss": loss, "embed_std": collapse_std(out[:, 0])}
