@@ -260,3 +260,36 @@ def test_moco_v2_skipped_step_never_reaches_the_queue() -> None:
     assert int(moco.queue_ptr) == n  # one batch of keys, not two
     torch.testing.assert_close(moco.queue[:n], keys)
     torch.testing.assert_close(moco.queue[n:], before[n:])
+
+
+def test_moco_v3_vit_keeps_a_random_frozen_patch_projection() -> None:
+    """MoCo v3 (Sec. 4.2): the ViT's patch projection stays at its random initialisation while
+    everything else trains; ``frozen_patch_projection=False`` trains it too."""
+    for frozen in (True, False):
+        torch.manual_seed(0)
+        moco = build("moco_v3", frozen_patch_projection=frozen)
+        vit = moco.backbone
+        before = vit.conv_proj.weight.detach().clone()  # type: ignore[union-attr]
+        block = next(vit.encoder.layers.parameters()).detach().clone()  # type: ignore[union-attr]
+        train(moco, random_views(moco), steps=2)
+        same = torch.equal(vit.conv_proj.weight, before)  # type: ignore[union-attr]
+        assert same is frozen
+        assert not torch.equal(next(vit.encoder.layers.parameters()), block)  # type: ignore[union-attr]
+
+
+def test_sync_batchnorm_covers_vit_heads_across_cuda_processes() -> None:
+    """SyncBN for every method with BatchNorm (MoCo v3's ViT heads too), only across CUDA
+    processes (the module swap itself runs on the CPU)."""
+    from torch import nn
+
+    from pathssl.train.build import sync_batchnorm
+
+    def n_sync(m: nn.Module) -> int:
+        return sum(isinstance(x, nn.SyncBatchNorm) for x in m.modules())
+
+    moco = build("moco_v3")
+    assert n_sync(sync_batchnorm(moco, 1, torch.device("cuda"))) == 0
+    assert n_sync(sync_batchnorm(moco, 2, torch.device("cpu"))) == 0
+    synced = sync_batchnorm(moco, 2, torch.device("cuda"))
+    assert n_sync(synced.projector) > 0 and n_sync(synced.predictor) > 0  # type: ignore[arg-type]
+    assert not any(isinstance(x, nn.BatchNorm1d) for x in synced.modules())

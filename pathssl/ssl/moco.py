@@ -94,7 +94,10 @@ class MoCoV3(MomentumTargetMethod):
     momentum encoder (backbone + projector) with a cosine momentum schedule from ``momentum``
     to 1. Symmetrised InfoNCE against the keys of the global batch, scaled by ``2T``.
 
-    Views: 2 global ``(B, 3, H, W)``.
+    ``frozen_patch_projection`` (ViT; default True, the paper's stability trick, Sec. 4.2):
+    the patch projection keeps its random initialisation (stop-gradient). The projector's and
+    predictor's BatchNorm layers are synchronised across processes by the training loop
+    (SyncBN, for ViT and ResNet alike). Views: 2 global ``(B, 3, H, W)``.
     """
 
     def __init__(
@@ -104,8 +107,11 @@ class MoCoV3(MomentumTargetMethod):
         out_dim: int = 256,
         temperature: float = 0.2,
         momentum: float = 0.99,
+        frozen_patch_projection: bool = True,
     ) -> None:
         super().__init__(backbone)
+        if frozen_patch_projection and isinstance(backbone, ViTBackbone):
+            backbone.conv_proj.requires_grad_(False)
         self.projector = MLPHead(self.embed_dim, hidden_dim, out_dim, num_layers=3, last_bn=True)
         self.predictor = MLPHead(out_dim, hidden_dim, out_dim, num_layers=2)
         self.momentum_encoder = self.init_target(momentum)

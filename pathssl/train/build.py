@@ -123,6 +123,18 @@ def build_method(cfg: PretrainConfig, recipe: ViewRecipe) -> SSLMethod:
     return method
 
 
+def sync_batchnorm(method: SSLMethod, world_size: int, device: torch.device) -> SSLMethod:
+    """Across several CUDA processes every BatchNorm of the method (a ResNet's, and the MLP
+    heads' of a ViT method such as MoCo v3's projector and predictor) becomes a SyncBatchNorm,
+    so its statistics are the global batch's. Unchanged on one process or on the CPU."""
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in method.modules())
+    if world_size > 1 and device.type == "cuda" and has_bn:
+        converted = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+        assert isinstance(converted, SSLMethod)
+        return converted
+    return method
+
+
 def align_mask(recipe: ViewRecipe, method: SSLMethod) -> ViewRecipe:
     """A masking recipe's patch grid follows the backbone's patch size (a ViT's 16 px patches,
     or a test ViT's smaller ones), so the mask it draws fits the method's tokens."""
@@ -254,8 +266,7 @@ def build_trainer(
     loader = build_loader(cfg, dataset, sampler, pin=device.type == "cuda")
     cnn = isinstance(method.backbone, ResNetBackbone)
     channels_last = t.channels_last and cnn and device.type == "cuda"
-    if dist_info.world_size > 1 and cnn and device.type == "cuda":  # SyncBN: CUDA only
-        method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    method = sync_batchnorm(method, dist_info.world_size, device)
     method.to(device)
     if channels_last:
         method.to(memory_format=torch.channels_last)
