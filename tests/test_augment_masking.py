@@ -98,10 +98,12 @@ def tile(data_dir: Path) -> np.ndarray:
 
 @pytest.mark.parametrize("name", ["mae", "maskfeat"])
 def test_recipes_draw_their_mask_from_the_sampler(name: str, tile: np.ndarray) -> None:
+    from pathssl.augment.masking import patch_mask
+
     recipe = build_recipe(name, size=64, patch_size=8)
-    n, ratio = recipe.num_patches, recipe.mask_ratio
+    grid, ratio, mode = recipe.grid, recipe.mask_ratio, recipe.mask_mode
     got = recipe.cpu(seed=4)(tile)["patch_mask"]
-    expected = random_patch_mask(1, n, ratio, torch.Generator().manual_seed(4))[0].numpy()
+    expected = patch_mask(1, grid, ratio, mode, torch.Generator().manual_seed(4))[0].numpy()
     assert got.dtype == bool and np.array_equal(got, expected)
     x = torch.from_numpy(np.stack([tile] * 3)).permute(0, 3, 1, 2)
     g = torch.Generator().manual_seed(9)
@@ -110,4 +112,47 @@ def test_recipes_draw_their_mask_from_the_sampler(name: str, tile: np.ndarray) -
     g2 = torch.Generator().manual_seed(9)
     for op in recipe.torch().ops:
         op(x, g2)
-    assert torch.equal(out["patch_mask"], random_patch_mask(3, n, ratio, g2))
+    assert torch.equal(out["patch_mask"], patch_mask(3, grid, ratio, mode, g2))
+
+
+def _neighbour_rate(mask: torch.Tensor, h: int, w: int) -> float:
+    """Fraction of masked patches with a masked right or lower neighbour (a blockiness score)."""
+    m = mask.view(-1, h, w)
+    right = torch.zeros_like(m)
+    right[:, :, :-1] = m[:, :, 1:]
+    down = torch.zeros_like(m)
+    down[:, :-1] = m[:, 1:]
+    return float(((right | down) & m).sum() / m.sum())
+
+
+def test_block_mask_exact_count_blocks_and_seed() -> None:
+    """MaskFeat's block-wise masking: exactly round(ratio * N) per sample like the random
+    sampler, reproducible under a seed, and made of blocks (masked patches have masked
+    neighbours far more often than under uniform masking)."""
+    from pathssl.augment.masking import block_patch_mask, patch_mask
+
+    for grid, ratio in (((14, 14), 0.4), ((14, 14), 0.75), ((4, 4), 0.5), ((7, 9), 0.33)):
+        g = torch.Generator().manual_seed(5)
+        m = block_patch_mask(6, grid, ratio, g)
+        assert m.shape == (6, grid[0] * grid[1]) and m.dtype == torch.bool
+        assert m.sum(1).tolist() == [round(ratio * grid[0] * grid[1])] * 6
+    a = patch_mask(8, (14, 14), 0.4, "block", torch.Generator().manual_seed(1))
+    b = patch_mask(8, (14, 14), 0.4, "block", torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    blocks = block_patch_mask(64, (14, 14), 0.4, torch.Generator().manual_seed(2))
+    uniform = patch_mask(64, (14, 14), 0.4, "random", torch.Generator().manual_seed(2))
+    assert _neighbour_rate(blocks, 14, 14) > _neighbour_rate(uniform, 14, 14) + 0.2
+    with pytest.raises(ValueError, match="mask mode must be"):
+        patch_mask(1, (2, 2), 0.5, "stripes")
+
+
+def test_maskfeat_recipe_masks_in_blocks_mae_uniformly() -> None:
+    from pathssl.augment import build_recipe
+
+    assert build_recipe("maskfeat").mask_mode == "block"
+    assert build_recipe("mae").mask_mode == "random"
+    x = torch.zeros(16, 3, 224, 224, dtype=torch.uint8)
+    g = torch.Generator().manual_seed(0)
+    feat = build_recipe("maskfeat").torch()(x, g)["patch_mask"]
+    assert feat.sum(1).tolist() == [round(0.4 * 196)] * 16
+    assert _neighbour_rate(feat, 14, 14) > 0.8

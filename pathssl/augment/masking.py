@@ -5,6 +5,8 @@ MaskFeat) draws its mask here.
 True = masked, with exactly ``round(ratio * N)`` masked patches per sample, uniformly chosen
 (every subset of that size equally likely), reproducible under a seeded ``torch.Generator``.
 Patches are numbered row-major over the ``(H // p, W // p)`` grid of a view.
+``block_patch_mask`` draws BEiT-style blocks instead (MaskFeat's masking, Wei et al. 2022, after
+Bao et al. 2022), with the same exact count; ``patch_mask`` picks one of the two by name.
 """
 
 from __future__ import annotations
@@ -47,6 +49,91 @@ def random_patch_mask(
     ranks = noise.argsort(dim=1).argsort(dim=1)  # (B, N): rank of each patch's noise
     mask = ranks < k
     return mask if device is None else mask.to(device)
+
+
+def block_patch_mask(
+    batch: int,
+    grid: tuple[int, int],
+    ratio: float,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    min_block: int = 16,
+    max_aspect: float = 1 / 0.3,
+) -> torch.Tensor:
+    """Block-wise patch mask (BEiT's masking generator, used by MaskFeat).
+
+    Per sample, rectangles of ``area ~ U[min_block, remaining]`` patches and aspect ratio
+    log-uniform in ``[1 / max_aspect, max_aspect]`` are placed at random (10 tries each; a try
+    counts when it masks between 1 and ``remaining`` new patches) until no rectangle fits;
+    random single patches then top the mask up, so exactly ``round(ratio * N)`` patches of the
+    ``grid = (h, w)`` (``N = h * w``) are masked, as with :func:`random_patch_mask`.
+
+    Returns ``(B, N)`` bool, True = masked, row-major over the grid. Draws come from
+    ``generator`` (seedable), on the CPU; ``device`` is where the mask is returned.
+    """
+    import math
+
+    h, w = grid
+    n = h * w
+    target = num_masked(n, ratio)
+    lo_aspect, hi_aspect = math.log(1 / max_aspect), math.log(max_aspect)
+
+    def uniform(a: float, b: float) -> float:
+        return a + (b - a) * float(torch.rand((), generator=generator))
+
+    def randint(k: int) -> int:
+        return int(torch.randint(k, (), generator=generator))
+
+    out = torch.zeros(batch, h, w, dtype=torch.bool)
+    for i in range(batch):
+        mask = out[i]
+        count = 0
+        while count < target:
+            remaining = target - count
+            lo = min(min_block, remaining)
+            added = 0
+            for _ in range(10):
+                area = uniform(lo, remaining)
+                aspect = math.exp(uniform(lo_aspect, hi_aspect))
+                bh = int(round(math.sqrt(area * aspect)))
+                bw = int(round(math.sqrt(area / aspect)))
+                if not (1 <= bh <= h and 1 <= bw <= w):
+                    continue
+                top, left = randint(h - bh + 1), randint(w - bw + 1)
+                block = mask[top : top + bh, left : left + bw]
+                new = int((~block).sum())
+                if 0 < new <= remaining:
+                    block.fill_(True)
+                    added = new
+                    break
+            if added == 0:
+                break
+            count += added
+        if count < target:  # top up with random single patches: the exact count
+            free = (~mask).flatten().nonzero().flatten()
+            pick = free[torch.randperm(free.numel(), generator=generator)[: target - count]]
+            mask.view(-1)[pick] = True
+    flat = out.reshape(batch, n)
+    return flat if device is None else flat.to(device)
+
+
+def patch_mask(
+    batch: int,
+    grid: tuple[int, int],
+    ratio: float,
+    mode: str = "random",
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """``(B, h * w)`` bool mask of ``round(ratio * N)`` patches: ``mode`` ``random``
+    (:func:`random_patch_mask`) or ``block`` (:func:`block_patch_mask`)."""
+    if mode == "random":
+        return random_patch_mask(batch, grid[0] * grid[1], ratio, generator, device)
+    if mode == "block":
+        cpu = generator if generator is None or generator.device.type == "cpu" else None
+        mask = block_patch_mask(batch, grid, ratio, cpu)
+        return mask if device is None else mask.to(device)
+    raise ValueError(f"mask mode must be 'random' or 'block', got {mode!r}")
 
 
 def split_by_mask(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -97,12 +97,19 @@ class ViewSpec:
 @dataclass(frozen=True)
 class ViewRecipe:
     """Views to make from one tile: ``views`` is a tuple of (spec, count); ``mask_ratio`` > 0
-    adds a random patch mask over ``(size // patch_size) ** 2`` patches of the first view."""
+    adds a patch mask over the ``(size // patch_size) ** 2`` patches of the first view, drawn
+    ``mask_mode`` ``random`` or ``block`` (:func:`pathssl.augment.masking.patch_mask`)."""
 
     name: str
     views: tuple[tuple[ViewSpec, int], ...]
     mask_ratio: float = 0.0
     patch_size: int = 16
+    mask_mode: str = "random"
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        g = self.views[0][0].size // self.patch_size
+        return g, g
 
     @property
     def n_views(self) -> int:
@@ -117,7 +124,7 @@ class ViewRecipe:
         (num_patches,) bool or None}``; seeded runs are reproducible."""
         import torch
 
-        from .masking import random_patch_mask
+        from .masking import patch_mask
 
         composes = []
         for i, (spec, count) in enumerate(self.views):
@@ -134,7 +141,7 @@ class ViewRecipe:
             views = [c(image=image)["image"] for c, count in composes for _ in range(count)]
             mask = None
             if self.mask_ratio > 0:
-                mask = random_patch_mask(1, self.num_patches, self.mask_ratio, masks)[0].numpy()
+                mask = patch_mask(1, self.grid, self.mask_ratio, self.mask_mode, masks)[0].numpy()
             return {"views": views, "patch_mask": mask}
 
         return run
@@ -144,7 +151,7 @@ class ViewRecipe:
         ...], "patch_mask": (B, num_patches) bool or None}``; ``forward(x, generator)``."""
         import torch
 
-        from .masking import random_patch_mask
+        from .masking import patch_mask
         from .torch_views import BatchView
 
         recipe = self
@@ -160,8 +167,8 @@ class ViewRecipe:
                 views = [op(x, generator) for op in self.ops]
                 mask = None
                 if recipe.mask_ratio > 0:
-                    n, ratio = recipe.num_patches, recipe.mask_ratio
-                    mask = random_patch_mask(x.shape[0], n, ratio, generator, device=x.device)
+                    grid, ratio, mode = recipe.grid, recipe.mask_ratio, recipe.mask_mode
+                    mask = patch_mask(x.shape[0], grid, ratio, mode, generator, device=x.device)
                 return {"views": views, "patch_mask": mask}
 
         return _Views()
@@ -196,11 +203,18 @@ def multi_crop_views(
     return ViewRecipe(name, globals_ + (((loc, n_local),) if n_local > 0 else ()))
 
 
-def masked_view(name: str, view: ViewSpec, mask_ratio: float, patch_size: int) -> ViewRecipe:
-    """One view without colour jitter or blur + a random patch mask of ``mask_ratio`` over
-    ``patch_size`` patches (:func:`pathssl.augment.masking.random_patch_mask`)."""
+def masked_view(
+    name: str, view: ViewSpec, mask_ratio: float, patch_size: int, mask_mode: str = "random"
+) -> ViewRecipe:
+    """One view without colour jitter or blur + a patch mask of ``mask_ratio`` over
+    ``patch_size`` patches, ``mask_mode`` random or block
+    (:func:`pathssl.augment.masking.patch_mask`)."""
+    if mask_mode not in ("random", "block"):
+        raise ValueError(f"augment.params.mask_mode must be random or block, got {mask_mode!r}")
     spec = replace(view, color_p=0.0, blur_p=0.0)
-    return ViewRecipe(name, ((spec, 1),), mask_ratio=mask_ratio, patch_size=patch_size)
+    return ViewRecipe(
+        name, ((spec, 1),), mask_ratio=mask_ratio, patch_size=patch_size, mask_mode=mask_mode
+    )
 
 
 _VIEW_FIELDS = {f.name for f in fields(ViewSpec)}
@@ -229,6 +243,7 @@ _MASKED: dict[str, Any] = {
     "scale": (0.2, 1.0),
     "mask_ratio": 0.75,
     "patch_size": 16,
+    "mask_mode": "random",
     "hed_alpha": 0.05,
     "hed_beta": 0.05,
 }
@@ -315,8 +330,8 @@ _register("mae", masked_view, "One view + random patch mask (MAE, He et al. 2022
 _register(
     "maskfeat",
     masked_view,
-    "One view + random patch mask (MaskFeat, Wei et al. 2022; random, not block, masking).",
-    {**_MASKED, "scale": (0.5, 1.0), "mask_ratio": 0.4},
+    "One view + block-wise patch mask (MaskFeat, Wei et al. 2022: BEiT's blocks, 40 %).",
+    {**_MASKED, "scale": (0.5, 1.0), "mask_ratio": 0.4, "mask_mode": "block"},
 )
 
 
