@@ -72,48 +72,45 @@ def block_patch_mask(
     ``generator`` (seedable), on the CPU; ``device`` is where the mask is returned.
     """
     import math
+    import random
+
+    import numpy as np
 
     h, w = grid
     n = h * w
     target = num_masked(n, ratio)
     lo_aspect, hi_aspect = math.log(1 / max_aspect), math.log(max_aspect)
-
-    def uniform(a: float, b: float) -> float:
-        return a + (b - a) * float(torch.rand((), generator=generator))
-
-    def randint(k: int) -> int:
-        return int(torch.randint(k, (), generator=generator))
-
-    out = torch.zeros(batch, h, w, dtype=torch.bool)
-    for i in range(batch):
-        mask = out[i]
+    # one draw from the (seedable) torch generator seeds plain-Python draws: the per-block
+    # choices stay cheap on the augmentation path (no torch call per scalar)
+    rng = random.Random(int(torch.randint(2**62, (), generator=generator)))
+    out = np.zeros((batch, h, w), dtype=bool)
+    for mask in out:
         count = 0
         while count < target:
             remaining = target - count
             lo = min(min_block, remaining)
             added = 0
             for _ in range(10):
-                area = uniform(lo, remaining)
-                aspect = math.exp(uniform(lo_aspect, hi_aspect))
+                area = rng.uniform(lo, remaining)
+                aspect = math.exp(rng.uniform(lo_aspect, hi_aspect))
                 bh = int(round(math.sqrt(area * aspect)))
                 bw = int(round(math.sqrt(area / aspect)))
                 if not (1 <= bh <= h and 1 <= bw <= w):
                     continue
-                top, left = randint(h - bh + 1), randint(w - bw + 1)
+                top, left = rng.randrange(h - bh + 1), rng.randrange(w - bw + 1)
                 block = mask[top : top + bh, left : left + bw]
-                new = int((~block).sum())
+                new = int(block.size - block.sum())
                 if 0 < new <= remaining:
-                    block.fill_(True)
+                    block[:] = True
                     added = new
                     break
             if added == 0:
                 break
             count += added
         if count < target:  # top up with random single patches: the exact count
-            free = (~mask).flatten().nonzero().flatten()
-            pick = free[torch.randperm(free.numel(), generator=generator)[: target - count]]
-            mask.view(-1)[pick] = True
-    flat = out.reshape(batch, n)
+            free = np.flatnonzero(~mask)
+            mask.reshape(-1)[rng.sample(free.tolist(), target - count)] = True
+    flat = torch.from_numpy(out.reshape(batch, n))
     return flat if device is None else flat.to(device)
 
 

@@ -33,7 +33,12 @@ import torch
 from torch import nn
 
 from pathssl.models.pretrained import KINDS, CheckpointError, checkpoint_kind
-from pathssl.train.checkpoint import CHECKPOINT_NAME, RESUME_FIX, check_same_run, load_checkpoint
+from pathssl.train.checkpoint import (
+    CHECKPOINT_NAME,
+    check_resumable,
+    check_same_run,
+    load_checkpoint,
+)
 from pathssl.train.config import ConfigError, LoopConfig, OptimConfig
 from pathssl.train.distributed import DistInfo, init_distributed, pick_device, use_bf16
 from pathssl.train.loop import (
@@ -201,12 +206,10 @@ def check_previous_run(t: LoopConfig, meta: dict[str, Any]) -> None:
         if t.resume:
             raise
         return  # damaged: replaced by this run
-    if t.resume and ("optimizer" not in old or "method" not in old):
-        raise CheckpointError(
-            f"checkpoint {path} is {KINDS[checkpoint_kind(old)]}, not a training loop's last.pt; "
-            f"{RESUME_FIX}"
-        )
-    check_same_run(old.get("meta") or {}, meta, path)
+    if t.resume:
+        check_resumable(old, meta, path)
+    else:
+        check_same_run(old.get("meta") or {}, meta, path)
 
 
 def start(trainer: Trainer, t: LoopConfig) -> bool:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pathssl.models.pretrained import read_checkpoint
+from pathssl.models.pretrained import KINDS, CheckpointError, checkpoint_kind, read_checkpoint
 from tiling.atomic import atomic_file
 
 CHECKPOINT_NAME = "last.pt"
@@ -97,3 +97,14 @@ def check_same_run(old_meta: dict[str, Any], new_meta: dict[str, Any], path: Pat
             f"{path} belongs to another run ({describe_run(old)}), this run is "
             f"{describe_run(new)}: use another train.out_dir, or delete {path} to start over"
         )
+
+
+def check_resumable(ckpt: dict[str, Any], new_meta: dict[str, Any], path: Path) -> None:
+    """A checkpoint to resume from: a training loop's ``last.pt`` (optimiser and method state)
+    of the same kind of run as ``new_meta`` (:func:`check_same_run`); one-line errors otherwise."""
+    if "optimizer" not in ckpt or "method" not in ckpt:
+        raise CheckpointError(
+            f"checkpoint {path} is {KINDS[checkpoint_kind(ckpt)]}, not a training loop's "
+            f"last.pt; {RESUME_FIX}"
+        )
+    check_same_run(ckpt.get("meta") or {}, new_meta, path)

@@ -33,10 +33,9 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from pathssl.models.backbones import trunk_state_dict
-from pathssl.models.pretrained import CheckpointError
 from pathssl.train.checkpoint import (
     CHECKPOINT_NAME,
-    check_same_run,
+    check_resumable,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -261,12 +260,7 @@ class Trainer:
         if not path.is_file():
             return False
         ckpt = load_checkpoint(path)
-        if "optimizer" not in ckpt or "method" not in ckpt:
-            raise CheckpointError(
-                f"checkpoint {path} is not a training loop's last.pt (no optimizer state); "
-                "delete it or set train.resume=false to start over"
-            )
-        self.check_same_run(ckpt.get("meta") or {}, path)
+        check_resumable(ckpt, self.meta, path)
         self.method.load_state_dict(ckpt["method"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -292,11 +286,6 @@ class Trainer:
         if self.dist.is_main:
             truncate_metrics(self.metrics.path, self.step + 1)
         return True
-
-    def check_same_run(self, meta: dict[str, Any], path: Path) -> None:
-        """Refuse a checkpoint of another method, backbone or mode (see
-        :func:`~pathssl.train.checkpoint.check_same_run`)."""
-        check_same_run(meta, self.meta, path)
 
     # ----------------------------------------------------------------- one step
     def train_step(self, batch: Any) -> tuple[bool, dict[str, Tensor]]:
