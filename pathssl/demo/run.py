@@ -21,6 +21,7 @@ from pathssl.demo.layout import (
     write_json,
 )
 from pathssl.demo.report import write_report
+from tiling.outputs import check_output_dir
 
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
@@ -87,11 +88,8 @@ def run_demo(
             f"--nuclei-steps {nuclei_steps}"
         )
     check_data(data)
-    if out.is_file() or (out.is_dir() and any(out.iterdir()) and not (out / "stages").is_dir()):
-        raise ValueError(
-            f"output folder {out} exists and is not a demo folder (no stages/ in it): the demo "
-            "replaces files in its folder, so choose another --out or remove it"
-        )
+    # the shared output rule: never an input, new or empty or an earlier demo (a stages/ folder)
+    check_output_dir(out, inputs=[data], is_ours=lambda p: (p / "stages").is_dir(), command="demo")
     from pathssl.train.distributed import pick_device
 
     dev = str(pick_device(device))
