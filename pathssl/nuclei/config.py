@@ -61,7 +61,9 @@ class ModelConfig:
     initialises it (empty: random init); ``finetune``: frozen | partial | full. ``mpp``: the
     resolution the model works at, recorded in ``nuclei.pt`` for prediction (None: the
     checkpoint's ``tile_mpp`` when ``checkpoint`` is set, else ``data.mpp``); training images
-    at another mpp are resampled to it."""
+    at another mpp are resampled to it. ``stain_norm``: ``none`` | ``macenko`` | ``reinhard``: fit a
+    stain reference on the training images once, store it in ``nuclei.pt``, and normalise
+    prediction inputs to it (``predict.stain_norm``)."""
 
     backbone: str = "resnet18"
     mpp: float | None = None
@@ -73,6 +75,7 @@ class ModelConfig:
     shared_decoder: bool = False
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
+    stain_norm: str = "none"
 
 
 @dataclass
@@ -141,9 +144,15 @@ class TrainConfig(LoopConfig):
 
 @dataclass
 class PredictConfig:
+    """Sliding-window inference. ``tta``: merge the 8 dihedral flips/rotations of each window
+    before post-processing. ``stain_norm``: normalise inputs to the training data's stain
+    reference stored in ``nuclei.pt`` (when the model has one, see ``model.stain_norm``)."""
+
     window: int = 256
     overlap: int = 96
     batch_size: int = 4
+    tta: bool = False
+    stain_norm: bool = True
 
 
 @dataclass
@@ -200,6 +209,10 @@ def check(cfg: NucleiConfig) -> None:
             raise ConfigError(f"data.{key} must be >= 1, got {getattr(d, key)}")
     if d.num_workers < 0:
         raise ConfigError(f"data.num_workers must be >= 0, got {d.num_workers}")
+    if cfg.model.stain_norm not in ("none", "macenko", "reinhard"):
+        raise ConfigError(
+            f"model.stain_norm: {cfg.model.stain_norm!r} is not one of none, macenko, reinhard"
+        )
     for key, value in (("data.mpp", d.mpp), ("model.mpp", cfg.model.mpp)):
         if value is not None and not value > 0:
             raise ConfigError(f"{key} must be > 0 micrometres per pixel, got {value}")
