@@ -35,7 +35,10 @@ def test_all_recipes_are_registered_and_have_a_config():
     assert set(EXPECTED) <= set(RECIPES.names())
     assert {p.stem for p in CONFIGS} >= set(EXPECTED)
     for p in CONFIGS:
-        assert load_recipe(p) == build_recipe(p.stem)  # configs hold the defaults
+        if p.stem in RECIPES:  # the registered recipes' configs hold their defaults
+            assert load_recipe(p) == build_recipe(p.stem)
+        else:  # example recipes (simclr_stain) name a registered recipe with other parameters
+            assert load_recipe(p).name in RECIPES
     with pytest.raises(KeyError, match="known"):
         build_recipe("nope")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -55,6 +57,25 @@ def test_knn_vote_hand_case() -> None:
     train_y = torch.tensor([0, 0, 1, 1, 1])
     out = knn_probe(train_x, train_y, torch.tensor([[3.0, 0.0]]), 2, k=3)
     assert out.pred.tolist() == [0] and out.proba.tolist() == [[2 / 3, 1 / 3]]
+
+
+def test_weighted_knn_against_a_naive_vote() -> None:
+    # the temperature-weighted vote (Wu et al. 2018) computed row by row in float64
+    train_x, train_y = _blobs(15, 0)
+    test_x, _ = _blobs(6, 1)
+    train_x = train_x + 0.8 * torch.randn(train_x.shape, generator=torch.Generator().manual_seed(2))
+    out = knn_probe(train_x, train_y, test_x, 4, k=7, temperature=0.1)
+    train_n, test_n = center_l2(train_x, train_x, test_x)
+    for row, q in enumerate(test_n.double()):
+        sims = [float(q @ t.double()) for t in train_n]
+        nearest = sorted(range(len(sims)), key=lambda i: -sims[i])[:7]
+        votes = [0.0] * 4
+        for i in nearest:
+            votes[int(train_y[i])] += math.exp(sims[i] / 0.1)
+        assert out.pred[row] == max(range(4), key=lambda c: votes[c])
+        np.testing.assert_allclose(out.proba[row], np.array(votes) / sum(votes), rtol=1e-6)
+    with pytest.raises(ValueError, match="temperature"):
+        knn_probe(train_x, train_y, test_x, 4, temperature=0.0)
 
 
 def test_center_l2() -> None:

@@ -2,11 +2,13 @@
 
 * albumentations transforms (CPU, one (H, W, 3) uint8 image at a time): :class:`HEDJitter`,
   :class:`RandStainNA`, :class:`MacenkoNormalize`, :class:`ReinhardNormalize`,
-  :class:`MacenkoAugment`, :class:`Dihedral`;
+  :class:`MacenkoAugment`, :class:`Dihedral`, :class:`FieldOfViewCrop`;
 * batched torch twins on (B, 3, H, W) tensors, CPU or GPU (``pathssl.augment.torch_ops``):
   ``BatchHEDJitter``, ``BatchRandStainNA``, ``BatchMacenkoNormalize``, ``BatchReinhardNormalize``,
   ``BatchMacenkoAugment``, ``BatchDihedral``, ``BatchRandomResizedCrop``, ``BatchMultiFOVCrop``;
-* view recipes by name (:data:`RECIPES`, :func:`build_recipe`, :func:`load_recipe`), and the
+* view recipes by name (:data:`RECIPES`, :func:`build_recipe`, :func:`load_recipe`): every
+  recipe can add RandStainNA, Macenko augmentation, Reinhard/Macenko normalisation to a target
+  and multi-field-of-view crops to its views (:mod:`.recipes`, :class:`ViewSpec`), and the
   one patch-mask sampler every masked path uses (``random_patch_mask``, in
   ``pathssl.augment.masking``);
 * :func:`compute_stain_stats` (RandStainNA statistics of tile stores) and :func:`preview_grid`.
@@ -21,6 +23,7 @@ from typing import Any
 
 from .albu import (
     Dihedral,
+    FieldOfViewCrop,
     HEDJitter,
     MacenkoAugment,
     MacenkoNormalize,
@@ -36,9 +39,11 @@ from .randstainna import (
     stats_from_images,
     tile_stats,
 )
-from .recipes import RECIPES, ViewRecipe, ViewSpec, build_recipe, load_recipe
+from .recipes import RECIPES, build_recipe, load_recipe, with_fov
 from .reinhard import ReinhardTarget, fit_reinhard, reinhard_normalize
 from .stain import apply_od_affine, hed_jitter, hed_to_rgb, restandardise, rgb_to_hed, rgb_to_od
+from .view_recipe import ViewRecipe
+from .view_spec import ViewSpec
 
 _LAZY = {
     "BatchDihedral": "torch_ops",
@@ -67,6 +72,7 @@ __all__ = [
     "RECIPES",
     "Dihedral",
     "FOVCrop",
+    "FieldOfViewCrop",
     "HEDJitter",
     "MacenkoAugment",
     "MacenkoNormalize",
@@ -94,5 +100,6 @@ __all__ = [
     "sample_templates",
     "stats_from_images",
     "tile_stats",
+    "with_fov",
     *_LAZY,
 ]

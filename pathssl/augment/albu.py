@@ -14,10 +14,10 @@ from typing import Any
 import albumentations as A
 import numpy as np
 
-from .geometry import dihedral
+from .geometry import crop_resize, dihedral, fov_centre, fov_origin
 from .macenko import MacenkoStains, augment_affine, fit_macenko, normalize_affine
 from .randstainna import StainStats, sample_templates
-from .reinhard import fit_reinhard, reinhard_normalize
+from .reinhard import ReinhardTarget, fit_reinhard, reinhard_normalize
 from .stain import SPACES, apply_od_affine, hed_jitter, restandardise
 
 
@@ -124,14 +124,25 @@ class MacenkoNormalize(A.ImageOnlyTransform):
 
 
 class ReinhardNormalize(A.ImageOnlyTransform):
-    """Reinhard et al. (2001) colour transfer to a target image's per-channel mean/std (LAB)."""
+    """Reinhard et al. (2001) colour transfer to a target image's per-channel mean/std (LAB), or
+    to given ``target_stats`` (e.g. a dataset's average, then ``space`` is theirs)."""
 
-    def __init__(self, target: np.ndarray, space: str = "lab", p: float = 1.0) -> None:
+    def __init__(
+        self,
+        target: np.ndarray | None = None,
+        space: str = "lab",
+        p: float = 1.0,
+        target_stats: ReinhardTarget | None = None,
+    ) -> None:
         super().__init__(p=p)
-        if space not in SPACES:
-            raise ValueError(f"unknown colour space {space!r}; known: {', '.join(SPACES)}")
-        self.target_stats = fit_reinhard(target, space)
-        self.space = space
+        if target_stats is None:
+            if space not in SPACES:
+                raise ValueError(f"unknown colour space {space!r}; known: {', '.join(SPACES)}")
+            if target is None:
+                raise ValueError("give a target image or target_stats")
+            target_stats = fit_reinhard(target, space)
+        self.target_stats = target_stats
+        self.space = target_stats.space
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
         return ("space",)
@@ -174,6 +185,43 @@ class MacenkoAugment(A.ImageOnlyTransform):
     def apply(self, img: np.ndarray, *args: Any, **params: Any) -> np.ndarray:
         A_, b = augment_affine(self.stains.matrix, params["noise"], params["alpha"], params["beta"])
         return apply_od_affine(img, A_, b)
+
+
+class FieldOfViewCrop(A.DualTransform):
+    """A square field of ``side`` input pixels resampled to ``size`` (area averaging when
+    shrinking, bilinear when enlarging; masks nearest): a view at ``side / size`` times the
+    input's micrometres per pixel. The multi-field-of-view views of a recipe share one centre,
+    passed as ``compose(image=..., fov_centre=(cx, cy))`` in input pixels; without it the centre
+    is drawn uniformly where the field fits. Params: ``crop_coords`` (x0, y0, x1, y1).
+    Batched twin: :func:`pathssl.augment.torch_geometry.crop_squares` on
+    :func:`~pathssl.augment.torch_geometry.fov_boxes`."""
+
+    def __init__(self, side: int, size: int, p: float = 1.0) -> None:
+        super().__init__(p=p)
+        if side < 1 or size < 1:
+            raise ValueError(f"field side {side} and view size {size} must be >= 1")
+        self.side, self.size = int(side), int(size)
+
+    def get_params_dependent_on_data(
+        self, params: dict[str, Any], data: dict[str, Any]
+    ) -> dict[str, Any]:
+        h, w = params["shape"][:2]
+        if self.side > min(h, w):
+            raise ValueError(f"a {self.side} px field of view does not fit a {w}x{h} tile")
+        centre = data.get("fov_centre")
+        if centre is None:
+            u = self.random_generator.uniform(size=2)
+            centre = (fov_centre(u[0], self.side, w), fov_centre(u[1], self.side, h))
+        x0, y0 = fov_origin(centre[0], self.side, w), fov_origin(centre[1], self.side, h)
+        return {"crop_coords": (x0, y0, x0 + self.side, y0 + self.side)}
+
+    def apply(self, img: np.ndarray, *args: Any, **params: Any) -> np.ndarray:
+        x0, y0 = params["crop_coords"][:2]
+        return crop_resize(img, x0, y0, self.side, self.size, nearest=False)
+
+    def apply_to_mask(self, mask: np.ndarray, *args: Any, **params: Any) -> np.ndarray:
+        x0, y0 = params["crop_coords"][:2]
+        return crop_resize(mask, x0, y0, self.side, self.size, nearest=True)
 
 
 class Dihedral(A.DualTransform):

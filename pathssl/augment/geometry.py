@@ -29,6 +29,17 @@ def dihedral(x: np.ndarray, k: int) -> np.ndarray:
     return np.ascontiguousarray(y)
 
 
+def fov_centre(u: float, big: int, extent: int) -> float:
+    """The centre coordinate for a uniform draw ``u`` in [0, 1): uniform over where a field of
+    ``big`` pixels fits in ``extent`` pixels (``big / 2 + u * (extent - big)``)."""
+    return big / 2 + float(u) * (extent - big)
+
+
+def fov_origin(centre: float, side: int, extent: int) -> int:
+    """First pixel of a ``side``-pixel field centred at ``centre``, kept inside ``extent``."""
+    return int(min(max(round(centre - side / 2), 0), extent - side))
+
+
 @dataclass(frozen=True)
 class FOVCrop:
     """One field of view: ``image`` (size, size, C) and ``masks`` (size, size) each, plus the
@@ -91,8 +102,7 @@ def multi_fov_crop(
         cx, cy = w / 2, h / 2
     out = []
     for f, side in zip(fields_um, sides, strict=True):
-        x0 = min(max(round(cx - side / 2), 0), w - side)
-        y0 = min(max(round(cy - side / 2), 0), h - side)
+        x0, y0 = fov_origin(cx, side, w), fov_origin(cy, side, h)
         out.append(
             FOVCrop(
                 image=crop_resize(image, x0, y0, side, size, nearest=False),

@@ -21,6 +21,7 @@ re-fits per tile.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -48,6 +49,15 @@ class MacenkoStains:
 
     def as_dict(self) -> dict[str, list[list[float]] | list[float]]:
         return {"matrix": self.matrix.tolist(), "max_conc": self.max_conc.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MacenkoStains:
+        """Inverse of :meth:`as_dict`; rows are renormalised to unit length."""
+        m = np.asarray(d["matrix"], dtype=np.float64).reshape(2, 3)
+        c = np.asarray(d["max_conc"], dtype=np.float64).reshape(2)
+        if not (np.isfinite(m).all() and np.isfinite(c).all() and (c > 0).all()):
+            raise ValueError("Macenko stains need a finite (2, 3) matrix and positive max_conc")
+        return cls(m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12), c)
 
 
 def fit_macenko_od(

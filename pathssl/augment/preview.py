@@ -8,7 +8,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .recipes import ViewRecipe
+from .stain_inputs import read_rgb
+from .view_recipe import ViewRecipe
 
 
 def load_preview_images(
@@ -30,10 +31,7 @@ def load_preview_images(
             raise ValueError(f"{p} holds no tiles")
         pick = idx[np.linspace(0, len(idx) - 1, min(n, len(idx))).round().astype(int)]
         return [np.asarray(store[int(i)]) for i in pick]
-    bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"cannot read image {p}")
-    return [cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)]
+    return [read_rgb(p)]
 
 
 def preview_grid(
@@ -46,17 +44,32 @@ def preview_grid(
     MAE-style recipes are greyed out.
     """
     run = recipe.cpu(seed=seed)
-    gap = 4
-    n_cols = 1 + recipe.n_views
-    out = np.full((rows * (cell + gap), n_cols * (cell + gap), 3), 255, dtype=np.uint8)
+    drawn = []
     for r in range(rows):
         img = images[r % len(images)]
         res = run(img)
-        tiles = [img, *res["views"]]
-        if res["patch_mask"] is not None:
-            tiles[1] = _grey_patches(tiles[1], res["patch_mask"], recipe.patch_size)
+        drawn.append((img, res["views"], res["patch_mask"]))
+    return draw_grid(drawn, recipe.patch_size, recipe.views[0][0].size, cell)
+
+
+def draw_grid(
+    rows: list[tuple[np.ndarray, list[np.ndarray], np.ndarray | None]],
+    patch_size: int,
+    full_size: int,
+    cell: int = 160,
+) -> np.ndarray:
+    """The picture of :func:`preview_grid` from views already drawn: per row the original
+    (H, W, 3) uint8 tile, its (s, s, 3) uint8 views and the first view's (num_patches,) bool
+    patch mask (or None). Views smaller than ``full_size`` get half a cell."""
+    gap = 4
+    n_cols = 1 + max(len(views) for _, views, _ in rows)
+    out = np.full((len(rows) * (cell + gap), n_cols * (cell + gap), 3), 255, dtype=np.uint8)
+    for r, (img, views, mask) in enumerate(rows):
+        tiles = [img, *views]
+        if mask is not None:
+            tiles[1] = _grey_patches(tiles[1], mask, patch_size)
         for c, t in enumerate(tiles):
-            side = cell if c == 0 or t.shape[0] >= recipe.views[0][0].size else cell // 2
+            side = cell if c == 0 or t.shape[0] >= full_size else cell // 2
             small = cv2.resize(t, (side, side), interpolation=cv2.INTER_AREA)
             y, x = r * (cell + gap), c * (cell + gap)
             out[y : y + side, x : x + side] = small

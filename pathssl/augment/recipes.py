@@ -7,13 +7,36 @@
 
 A recipe is one of these families plus a table of its keyword parameters and their defaults
 (``_register``): the parameters that are :class:`ViewSpec` fields make the family's ``view``,
-the others are the family's own. ``inspect.signature(RECIPES.get(name))`` lists them, and an
-unknown keyword is a ``TypeError``.
+``fov_scales`` places views at two (or more) physical resolutions, the others are the family's
+own. ``inspect.signature(RECIPES.get(name))`` lists them, and an unknown keyword is a
+``TypeError``.
 
 Pathology defaults (Kang et al. 2023, "Benchmarking self-supervised learning on diverse
 pathology datasets", CVPR): dihedral flips, HED stain jitter, mild brightness / contrast /
 saturation, blur, no hue jitter. A recipe runs on the CPU (albumentations, one image:
-:meth:`ViewRecipe.cpu`) or batched in torch (:meth:`ViewRecipe.torch`).
+:meth:`ViewRecipe.cpu`) or batched in torch (:meth:`ViewRecipe.torch`), same semantics.
+
+Stain and resolution parameters of every recipe (off by default: existing recipes are unchanged;
+full definitions in :class:`ViewSpec`, order of the steps in :mod:`.view_spec`):
+
+* ``hed_alpha``, ``hed_beta``, ``hed_p``: HED jitter (Tellez et al. 2019);
+* ``randstain_p`` (0), ``randstain_stats`` (a ``pathssl stain-stats`` YAML),
+  ``randstain_std_scale`` (1), ``randstain_gmm`` (false): RandStainNA (Shen et al. 2022);
+* ``macenko_p`` (0), ``macenko_sigma``, ``macenko_alpha``, ``macenko_beta``, ``macenko_stains``
+  (None: reference H&E vectors; or a stains YAML / an image): Macenko stain augmentation;
+* ``stain_norm`` (``none`` | ``reinhard`` | ``macenko``), ``stain_norm_target`` (a stain-stats
+  YAML or an image for Reinhard; a stains YAML or an image for Macenko), ``stain_norm_space``
+  (Reinhard's colour space, ``lab``): normalisation of the whole tile before cropping;
+* ``fov_scales`` (``[]``): multi-field-of-view crops. The i-th number goes to the i-th view
+  (the global views first): that view is a square of ``round(size * fov_scale)`` tile pixels
+  around a centre shared by these views, resampled to ``size``, so its mpp is the tile's times
+  that factor (recorded per view in the output's ``scale`` / ``mpp``). ``[2.0, 1.0]`` with
+  ``size: 112`` on 224 px tiles: a wide field (the whole tile, downsampled 2x) and a narrow
+  one at full resolution, from the same place. Both fields lie inside the stored tile; for
+  full-size views at two resolutions, tile with more context (``pathssl tile --size 448``,
+  then ``size: 224``).
+
+File paths are read relative to the working directory (:mod:`.stain_inputs`).
 
 Example::
 
@@ -26,152 +49,16 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pathssl.registry import Registry
 
+from .view_recipe import ViewRecipe
+from .view_spec import VIEW_FIELDS, ViewSpec
+
 RECIPES: Registry[Callable[..., ViewRecipe]] = Registry("augment recipe")
-
-
-@dataclass(frozen=True)
-class ViewSpec:
-    """One kind of view. ``scale``: area fraction range of the random resized crop;
-    ``hed_alpha``/``hed_beta``: HED jitter half-widths (Tellez et al. 2019), applied with
-    probability ``hed_p``; ``brightness``/``contrast``/``saturation``: factor half-widths
-    around 1, applied with ``color_p``; ``blur_sigma`` in output pixels, with ``blur_p``."""
-
-    size: int = 224
-    scale: tuple[float, float] = (0.2, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    dihedral: bool = True
-    hed_alpha: float = 0.05
-    hed_beta: float = 0.05
-    hed_p: float = 0.8
-    brightness: float = 0.1
-    contrast: float = 0.1
-    saturation: float = 0.1
-    color_p: float = 0.8
-    blur_p: float = 0.5
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    gray_p: float = 0.0
-    solarize_p: float = 0.0
-
-    def albu(self) -> Any:
-        """The CPU pipeline: an ``A.Compose`` of albumentations transforms (uint8 in and out)."""
-        import albumentations as A
-
-        from .albu import Dihedral, HEDJitter
-
-        t: list[Any] = [
-            A.RandomResizedCrop(
-                size=(self.size, self.size), scale=self.scale, ratio=self.ratio, p=1.0
-            )
-        ]
-        if self.dihedral:
-            t.append(Dihedral(p=1.0))
-        if self.hed_p > 0:
-            t.append(HEDJitter(alpha=self.hed_alpha, beta=self.hed_beta, p=self.hed_p))
-        if self.color_p > 0:
-            t.append(
-                A.ColorJitter(
-                    brightness=self.brightness,
-                    contrast=self.contrast,
-                    saturation=self.saturation,
-                    hue=0.0,
-                    p=self.color_p,
-                )
-            )
-        if self.blur_p > 0:
-            t.append(A.GaussianBlur(blur_limit=0, sigma_limit=self.blur_sigma, p=self.blur_p))
-        if self.gray_p > 0:
-            t.append(A.ToGray(p=self.gray_p))
-        if self.solarize_p > 0:
-            t.append(A.Solarize(threshold_range=(0.5, 0.5), p=self.solarize_p))
-        return A.Compose(t)
-
-
-@dataclass(frozen=True)
-class ViewRecipe:
-    """Views to make from one tile: ``views`` is a tuple of (spec, count); ``mask_ratio`` > 0
-    adds a patch mask over the ``(size // patch_size) ** 2`` patches of the first view, drawn
-    ``mask_mode`` ``random`` or ``block`` (:func:`pathssl.augment.masking.patch_mask`)."""
-
-    name: str
-    views: tuple[tuple[ViewSpec, int], ...]
-    mask_ratio: float = 0.0
-    patch_size: int = 16
-    mask_mode: str = "random"
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        g = self.views[0][0].size // self.patch_size
-        return g, g
-
-    @property
-    def n_views(self) -> int:
-        return sum(c for _, c in self.views)
-
-    @property
-    def num_patches(self) -> int:
-        return (self.views[0][0].size // self.patch_size) ** 2
-
-    def cpu(self, seed: int | None = None) -> Callable[[np.ndarray], dict[str, Any]]:
-        """Callable on one (H, W, 3) uint8 tile -> ``{"views": [uint8 HWC, ...], "patch_mask":
-        (num_patches,) bool or None}``; seeded runs are reproducible."""
-        import torch
-
-        from .masking import patch_mask
-
-        composes = []
-        for i, (spec, count) in enumerate(self.views):
-            c = spec.albu()
-            c.set_random_seed(None if seed is None else seed * 1000 + i)
-            composes.append((c, count))
-        masks = torch.Generator()
-        if seed is None:
-            masks.seed()
-        else:
-            masks.manual_seed(seed)
-
-        def run(image: np.ndarray) -> dict[str, Any]:
-            views = [c(image=image)["image"] for c, count in composes for _ in range(count)]
-            mask = None
-            if self.mask_ratio > 0:
-                mask = patch_mask(1, self.grid, self.mask_ratio, self.mask_mode, masks)[0].numpy()
-            return {"views": views, "patch_mask": mask}
-
-        return run
-
-    def torch(self) -> Any:
-        """Batched torch module: (B, 3, H, W) uint8 -> ``{"views": [(B, 3, s, s) float in [0, 1],
-        ...], "patch_mask": (B, num_patches) bool or None}``; ``forward(x, generator)``."""
-        import torch
-
-        from .masking import patch_mask
-        from .torch_views import BatchView
-
-        recipe = self
-
-        class _Views(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.ops = torch.nn.ModuleList(
-                    BatchView(spec) for spec, count in recipe.views for _ in range(count)
-                )
-
-            def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Any:
-                views = [op(x, generator) for op in self.ops]
-                mask = None
-                if recipe.mask_ratio > 0:
-                    grid, ratio, mode = recipe.grid, recipe.mask_ratio, recipe.mask_mode
-                    mask = patch_mask(x.shape[0], grid, ratio, mode, generator, device=x.device)
-                return {"views": views, "patch_mask": mask}
-
-        return _Views()
 
 
 def same_views(name: str, view: ViewSpec) -> ViewRecipe:
@@ -217,7 +104,46 @@ def masked_view(
     )
 
 
-_VIEW_FIELDS = {f.name for f in fields(ViewSpec)}
+def with_fov(recipe: ViewRecipe, fov_scales: tuple[float, ...]) -> ViewRecipe:
+    """``recipe`` with its first ``len(fov_scales)`` views turned into fields of view at those
+    scales (:attr:`ViewSpec.fov_scale`; 0 keeps a view's random resized crop)."""
+    if not fov_scales:
+        return recipe
+    flat = [spec for spec, count in recipe.views for _ in range(count)]
+    if len(fov_scales) > len(flat):
+        raise ValueError(
+            f"fov_scales: {len(fov_scales)} scales for the {len(flat)} views of recipe "
+            f"{recipe.name!r}"
+        )
+    n = len(fov_scales)
+    fovs = [replace(s, fov_scale=float(f)) for s, f in zip(flat[:n], fov_scales, strict=True)]
+    flat = fovs + flat[n:]
+    groups: list[tuple[ViewSpec, int]] = []
+    for spec in flat:
+        if groups and groups[-1][0] == spec:
+            groups[-1] = (spec, groups[-1][1] + 1)
+        else:
+            groups.append((spec, 1))
+    return replace(recipe, views=tuple(groups))
+
+
+#: the stain and resolution parameters every recipe takes (all off by default)
+_STAIN: dict[str, Any] = {
+    "hed_p": 0.8,
+    "randstain_p": 0.0,
+    "randstain_stats": None,
+    "randstain_std_scale": 1.0,
+    "randstain_gmm": False,
+    "macenko_p": 0.0,
+    "macenko_stains": None,
+    "macenko_sigma": 0.05,
+    "macenko_alpha": 0.1,
+    "macenko_beta": 0.05,
+    "stain_norm": "none",
+    "stain_norm_target": None,
+    "stain_norm_space": "lab",
+    "fov_scales": (),
+}
 #: the stain and colour parameters of the jittered recipes, with their defaults
 _COLOUR: dict[str, Any] = {
     "size": 224,
@@ -227,6 +153,7 @@ _COLOUR: dict[str, Any] = {
     "brightness": 0.1,
     "contrast": 0.1,
     "saturation": 0.1,
+    **_STAIN,
 }
 _MULTI_CROP: dict[str, Any] = {
     "size": 224,
@@ -237,6 +164,7 @@ _MULTI_CROP: dict[str, Any] = {
     "hed_alpha": 0.05,
     "hed_beta": 0.05,
     "solarize_p": 0.2,
+    **_STAIN,
 }
 _MASKED: dict[str, Any] = {
     "size": 224,
@@ -246,6 +174,7 @@ _MASKED: dict[str, Any] = {
     "mask_mode": "random",
     "hed_alpha": 0.05,
     "hed_beta": 0.05,
+    **_STAIN,
 }
 
 
@@ -254,12 +183,13 @@ def _register(
 ) -> None:
     """Register the recipe ``name``: keyword parameters ``params`` (name -> default, in
     order; ``inspect.signature(RECIPES.get(name))`` lists them) -> ``family(name, view,
-    **its own parameters)``, where ``view`` is a :class:`ViewSpec` of the other parameters."""
+    **its own parameters)``, where ``view`` is a :class:`ViewSpec` of the other parameters,
+    then :func:`with_fov` with ``fov_scales``."""
     own = [k for k in inspect.signature(family).parameters if k not in ("name", "view")]
     sig = inspect.Signature(
         [
             inspect.Parameter(
-                k, inspect.Parameter.KEYWORD_ONLY, default=v, annotation=_annotation(v)
+                k, inspect.Parameter.KEYWORD_ONLY, default=v, annotation=_annotation(k, v)
             )
             for k, v in params.items()
         ],
@@ -275,10 +205,13 @@ def _register(
         args: dict[str, Any] = {
             k: tuple(v) if isinstance(v, list) else v for k, v in bound.arguments.items()
         }
+        fov_scales = tuple(float(f) for f in args.pop("fov_scales", ()))
         view = ViewSpec(**{k: v for k, v in args.items() if k not in own})
-        return family(name, view, **{k: v for k, v in args.items() if k in own})
+        return with_fov(
+            family(name, view, **{k: v for k, v in args.items() if k in own}), fov_scales
+        )
 
-    unknown = set(params) - set(own) - _VIEW_FIELDS
+    unknown = set(params) - set(own) - set(VIEW_FIELDS) - {"fov_scales"}
     if unknown or set(own) - set(params):
         raise TypeError(f"recipe {name!r}: parameters {params} do not fit {family.__name__}")
     recipe.__signature__ = sig  # type: ignore[attr-defined]
@@ -286,7 +219,11 @@ def _register(
     RECIPES.register(name)(recipe)
 
 
-def _annotation(default: Any) -> Any:
+def _annotation(name: str, default: Any) -> Any:
+    if name == "fov_scales":
+        return tuple[float, ...]
+    if default is None:
+        return VIEW_FIELDS[name].type  # e.g. "str | None"
     return tuple[float, float] if isinstance(default, tuple) else type(default)
 
 

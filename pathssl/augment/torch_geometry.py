@@ -130,3 +130,68 @@ def fov_boxes(
         y0 = torch.minimum(torch.round(cy - s / 2).clamp_min(0), height - s)
         out.append(torch.stack([x0, y0, s, s], dim=1))
     return out
+
+
+def resize_matrix(side: int, size: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """(size, side) float32 weights resampling a line of ``side`` pixels to ``size``: pixel-area
+    averaging when shrinking (as OpenCV's ``INTER_AREA``), bilinear with half-pixel centres and
+    clamped edges when enlarging (as ``INTER_LINEAR``); the identity when equal."""
+    if side == size:
+        return torch.eye(size, device=device)
+    i = torch.arange(size, dtype=torch.float64)[:, None]
+    j = torch.arange(side, dtype=torch.float64)[None, :]
+    if side > size:
+        s = side / size
+        overlap = torch.minimum(j + 1, (i + 1) * s) - torch.maximum(j, i * s)
+        w = overlap.clamp_min(0.0) / s
+    else:
+        src = ((i[:, 0] + 0.5) * side / size - 0.5).clamp(0.0, side - 1.0)
+        j0 = src.floor().long()
+        frac = src - j0
+        w = torch.zeros(size, side, dtype=torch.float64)
+        rows = torch.arange(size)
+        w[rows, j0] += 1.0 - frac
+        w[rows, (j0 + 1).clamp_max(side - 1)] += frac
+    return w.float().to(device)
+
+
+def crop_squares(
+    x: torch.Tensor, boxes: torch.Tensor, size: int, nearest: bool = False
+) -> torch.Tensor:
+    """Crop one square side for the whole batch at per-sample origins and resample to ``size``:
+    the batched twin of :func:`pathssl.augment.geometry.crop_resize` (area averaging when
+    shrinking, bilinear when enlarging, nearest for masks).
+
+    Args:
+        x: (B, C, H, W) image (uint8 or float) or (B, H, W) integer mask.
+        boxes: (B, 4) pixel boxes ``(x0, y0, side, side)`` with one integer ``side`` (e.g. from
+            :func:`fov_boxes`).
+        size: output side.
+
+    Returns:
+        (B, C, size, size) (or (B, size, size)), dtype of ``x``.
+    """
+    squeeze = x.dim() == 3
+    xin = x[:, None] if squeeze else x
+    b = xin.shape[0]
+    side = int(boxes[0, 2])
+    if not bool((boxes[:, 2:] == side).all()):
+        raise ValueError("crop_squares needs one square side for the whole batch")
+    ar = torch.arange(side, device=x.device)
+    rows = boxes[:, 1].to(x.device).long()[:, None] + ar
+    cols = boxes[:, 0].to(x.device).long()[:, None] + ar
+    bi = torch.arange(b, device=x.device)[:, None, None]
+    crop = xin[bi, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)  # (B, C, s, s)
+    if side == size:
+        y = crop.contiguous()
+    elif nearest:
+        # as OpenCV's INTER_NEAREST: source pixel floor(i * side / size)
+        idx = (torch.arange(size, device=x.device) * side // size).clamp_max(side - 1)
+        y = crop[:, :, idx][:, :, :, idx].contiguous()
+    else:
+        m = resize_matrix(side, size, x.device)
+        y = torch.einsum("ij,bcjk,lk->bcil", m, crop.float(), m)
+        if x.dtype == torch.uint8:
+            y = y.round_().clamp_(0, 255)
+        y = y.to(x.dtype)
+    return y[:, 0] if squeeze else y

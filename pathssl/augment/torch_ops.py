@@ -13,7 +13,7 @@ import torch
 
 from .macenko import MacenkoStains, augment_affine, fit_macenko
 from .randstainna import StainStats
-from .reinhard import fit_reinhard
+from .reinhard import ReinhardTarget, fit_reinhard
 from .torch_color import _log_intensity, hed_jitter_affine, od_affine, restandardise
 from .torch_geometry import crop_boxes, dihedral, fov_boxes, sample_rrc_boxes
 
@@ -168,11 +168,21 @@ class BatchMacenkoNormalize(BatchOp):
 
 
 class BatchReinhardNormalize(BatchOp):
-    """Twin of :class:`pathssl.augment.ReinhardNormalize` (Reinhard et al. 2001)."""
+    """Twin of :class:`pathssl.augment.ReinhardNormalize` (Reinhard et al. 2001): to a target
+    image's statistics, or to given ``target_stats``."""
 
-    def __init__(self, target: np.ndarray, space: str = "lab") -> None:
+    def __init__(
+        self,
+        target: np.ndarray | None = None,
+        space: str = "lab",
+        target_stats: ReinhardTarget | None = None,
+    ) -> None:
         super().__init__()
-        self.target = fit_reinhard(target, space)
+        if target_stats is None:
+            if target is None:
+                raise ValueError("give a target image or target_stats")
+            target_stats = fit_reinhard(target, space)
+        self.target = target_stats
 
     def transform(self, x: torch.Tensor, **params: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]

@@ -26,8 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pathssl.eval.config import DataConfig, EvalConfig, SourceConfig
-    from pathssl.eval.data import LabelledTiles
+    from pathssl.eval.config import EvalConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,50 +39,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--print-config", action="store_true", help="print the resolved config and exit"
     )
-
-
-def _source(spec: SourceConfig, class_names: list[str] | None) -> LabelledTiles:
-    from pathssl.eval import data
-
-    if spec.format == "folder":
-        return data.image_folder(str(spec.root), class_names, mpp=spec.mpp)
-    if spec.format == "csv":
-        return data.csv_images(
-            spec.csv,
-            path_column=spec.path_column,
-            label_column=spec.label_column,
-            root=spec.root,
-            class_names=class_names,
-            mpp=spec.mpp,
-        )
-    return data.store_tiles(
-        spec.store,
-        spec.labels,
-        index_column=spec.index_column,
-        label_column=spec.label_column,
-        class_names=class_names,
-    )
-
-
-def _splits(cfg: DataConfig) -> tuple[LabelledTiles, LabelledTiles]:
-    from pathssl.eval.data import check_classes, stratified_split
-
-    names = cfg.class_names
-    if cfg.source is None:
-        raise ValueError("data.source is required")
-    train = _source(cfg.source, names)
-    if cfg.test is not None:
-        test = _source(cfg.test, names or train.class_names)
-        if test.class_names != train.class_names:
-            raise ValueError(
-                f"train classes {train.class_names} differ from test classes "
-                f"{test.class_names}; set data.class_names"
-            )
-        check_classes(train.labels, train.class_names)
-        check_classes(test.labels, test.class_names, 1, where="data.test: the test tiles")
-        return train, test
-    tr, te = stratified_split(train.labels, cfg.test_fraction, cfg.seed, train.class_names)
-    return train.subset(tr), train.subset(te)
 
 
 def evaluate(
@@ -111,7 +66,9 @@ def evaluate(
     size, batch, seed = cfg.data.image_size, cfg.data.batch_size, cfg.train.seed
     protocols = cfg.protocols
 
-    train, test = _splits(cfg.data)
+    from pathssl.eval.data import labelled_splits
+
+    train, test = labelled_splits(cfg.data)
     classes = train.class_names
     if len(test) == 0 or len(train) == 0:
         raise ValueError(f"empty split: {len(train)} train and {len(test)} test tiles")

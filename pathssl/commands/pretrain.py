@@ -4,7 +4,18 @@
 YAML config, applies ``key=value`` overrides (values are YAML), and trains on the CPU, one GPU,
 or several (``torchrun --nproc_per_node N -m pathssl.cli pretrain ...``). Checkpoints go to
 ``train.out_dir/last.pt`` every ``train.ckpt_every`` steps; rerunning the same command resumes
-exactly from the last one. Library function: ``pathssl.train.build_trainer(load_config(...))``.
+exactly from the last one. Library function: ``pathssl.train.pretrain(load_config(...))``.
+
+Online evaluation: ``eval.knn=configs/eval/qc_tissue_resnet18.yaml`` (a ``pathssl eval``
+config: its ``data`` section names the labelled set and split) runs ``pathssl eval``'s kNN probe
+every ``eval.every`` steps on frozen features of the encoder being trained, logs it (``val`` rows
+of ``metrics.jsonl``, TensorBoard) and, with ``eval.select_best``, keeps ``best.pt`` at the best
+kNN top-1. ``pathssl.train`` only knows the generic :class:`~pathssl.train.online.Evaluator` hook; the
+probe is :func:`pathssl.eval.online.knn_evaluator` (``pathssl eval``'s data formats, split and
+``knn_probe``), built here and by library callers::
+
+    cfg = load_config("configs/pretrain/simclr.yaml", ["eval.knn=configs/eval/x.yaml"])
+    pretrain(cfg, knn_evaluator(cfg.eval.knn, backbone=cfg.model.backbone, k=cfg.eval.k))
 """
 
 from __future__ import annotations
@@ -23,25 +34,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Errors found before any compute (config, data, outputs, a damaged or foreign ``last.pt``)
-    are ``ValueError``s: ``pathssl.cli.main`` prints them on one line and exits 2; a failure
-    during training (e.g. divergence) exits 1."""
+    """Errors found before any compute (config, data, the ``eval.knn`` labelled set, outputs, a
+    damaged or foreign ``last.pt``) are ``ValueError``s: ``pathssl.cli.main`` prints them on one
+    line and exits 2; a failure during training (e.g. divergence) exits 1."""
     from pathssl.config import dump
-    from pathssl.train import build_trainer, load_config
-    from pathssl.train.assemble import start
+    from pathssl.eval.online import knn_evaluator
+    from pathssl.train import load_config, pretrain
     from pathssl.train.distributed import cleanup_distributed
 
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
         print(dump(cfg), end="")
         return 0
+    e = cfg.eval
+    evaluator = None
+    if e.knn:
+        evaluator = knn_evaluator(
+            e.knn,
+            backbone=cfg.model.backbone,
+            k=e.k,
+            temperature=e.temperature,
+            batch_size=e.batch_size,
+            max_images=e.max_images,
+        )
     try:
-        trainer = build_trainer(cfg)
-        if start(trainer, cfg.train):  # a damaged or foreign last.pt: an error here
-            print(f"resumed from {trainer.checkpoint_path} at step {trainer.step}", flush=True)
-        trainer.fit()
+        trainer = pretrain(cfg, evaluator)
     finally:
         cleanup_distributed()
     if trainer.dist.is_main:
         print(f"done: {trainer.step} steps, checkpoint {trainer.checkpoint_path}")
+        if evaluator is not None and trainer.best is not None:
+            kept = f" ({trainer.best_path})" if e.select_best else ""
+            print(f"best kNN top-1 {trainer.best:.4f} at step {trainer.best_step}{kept}")
     return 0

@@ -3,7 +3,9 @@
 Per-tile channel means and standard deviations in LAB, HSV or HED are gathered from the stores
 (tiles with a tissue fraction below --min-tissue are skipped) and summarised as the per-channel
 average and spread of each, optionally with a Gaussian mixture over the joint (mean, std) vector
-(--gmm K). The YAML output feeds ``pathssl.augment.RandStainNA(stats=PATH)``. STORES are stores
+(--gmm K). The YAML output feeds ``pathssl.augment.RandStainNA(stats=PATH)`` and view recipes
+(``augment.params.randstain_stats: PATH``; or ``stain_norm: reinhard`` with
+``stain_norm_target: PATH`` to normalise tiles to the dataset's average). STORES are stores
 or folders of stores (``pathssl stain-stats tiles/``). The output is checked before anything is
 computed: its folder must be writable, it may not lie inside an input, and an existing file is
 replaced only when it is an earlier stain-stats output and --force is given. Library function:

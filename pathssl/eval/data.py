@@ -22,6 +22,7 @@ import csv
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -29,6 +30,9 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 from torch.utils.data import Dataset
+
+if TYPE_CHECKING:
+    from pathssl.eval.config import DataConfig, SourceConfig
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 
@@ -288,3 +292,46 @@ class TileImages(Dataset[tuple[Tensor, int]]):
         return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))), int(
             self.tiles.labels[i]
         )
+
+
+def source_tiles(spec: SourceConfig, class_names: list[str] | None) -> LabelledTiles:
+    """The labelled tiles one ``data.source``/``data.test`` entry of an eval config names."""
+    if spec.format == "folder":
+        return image_folder(str(spec.root), class_names, mpp=spec.mpp)
+    if spec.format == "csv":
+        return csv_images(
+            spec.csv,
+            path_column=spec.path_column,
+            label_column=spec.label_column,
+            root=spec.root,
+            class_names=class_names,
+            mpp=spec.mpp,
+        )
+    return store_tiles(
+        spec.store,
+        spec.labels,
+        index_column=spec.index_column,
+        label_column=spec.label_column,
+        class_names=class_names,
+    )
+
+
+def labelled_splits(cfg: DataConfig) -> tuple[LabelledTiles, LabelledTiles]:
+    """(train, test) labelled tiles of an eval config's ``data`` section: ``data.test`` when
+    given, else a stratified ``test_fraction`` split seeded by ``data.seed``."""
+    names = cfg.class_names
+    if cfg.source is None:
+        raise ValueError("data.source is required")
+    train = source_tiles(cfg.source, names)
+    if cfg.test is not None:
+        test = source_tiles(cfg.test, names or train.class_names)
+        if test.class_names != train.class_names:
+            raise ValueError(
+                f"train classes {train.class_names} differ from test classes "
+                f"{test.class_names}; set data.class_names"
+            )
+        check_classes(train.labels, train.class_names)
+        check_classes(test.labels, test.class_names, 1, where="data.test: the test tiles")
+        return train, test
+    tr, te = stratified_split(train.labels, cfg.test_fraction, cfg.seed, train.class_names)
+    return train.subset(tr), train.subset(te)

@@ -145,8 +145,16 @@ def knn_probe(
     num_classes: int,
     k: int = 20,
     chunk: int = 1024,
+    temperature: float | None = None,
 ) -> ProbeOutput:
-    """k-nearest-neighbour vote on centred, L2-normalised features (cosine similarity)."""
+    """k-nearest-neighbour vote on centred, L2-normalised features (cosine similarity).
+
+    ``temperature`` None: majority vote of the ``k`` nearest (ties broken by summed similarity);
+    a value: each neighbour votes ``exp(similarity / temperature)`` (the weighted kNN of Wu et
+    al. 2018, "Unsupervised feature learning via non-parametric instance discrimination", used
+    by DINO with 0.07). ``proba``: the normalised votes."""
+    if temperature is not None and not temperature > 0:
+        raise ValueError(f"kNN temperature must be > 0, got {temperature}")
     _check(train_x, train_y)
     _check(test_x)
     train_n, test_n = center_l2(train_x, train_x, test_x)
@@ -157,6 +165,12 @@ def knn_probe(
         sim = test_n[start : start + chunk] @ train_n.T
         top_sim, top_idx = sim.topk(k, dim=1)
         onehot = F.one_hot(labels[top_idx], num_classes).double()  # (B, k, C)
+        if temperature is not None:
+            weights = (top_sim.double() / temperature).exp().unsqueeze(-1)  # (B, k, 1)
+            weighted = (onehot * weights).sum(dim=1)
+            preds.append(weighted.argmax(dim=1))
+            probas.append(weighted / weighted.sum(dim=1, keepdim=True))
+            continue
         votes = onehot.sum(dim=1)
         sim_sum = (onehot * top_sim.double().unsqueeze(-1)).sum(dim=1)  # in [-k, k]
         preds.append((votes * (2 * k + 1) + sim_sum).argmax(dim=1))

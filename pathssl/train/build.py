@@ -1,6 +1,7 @@
 """The one place where a :class:`PretrainConfig` becomes objects (dataset, sampler, loader,
-views, method); optimiser, schedule and trainer come from the one training assembly
-(:mod:`pathssl.train.assemble`). Every other building block takes explicit arguments."""
+views, method, the online evaluation's hook); optimiser, schedule and trainer come from the one
+training assembly (:mod:`pathssl.train.assemble`). Every other building block takes explicit
+arguments. :func:`pretrain` is ``pathssl pretrain`` as a library call."""
 
 from __future__ import annotations
 
@@ -28,11 +29,13 @@ from pathssl.train.assemble import (
     check_previous_run,
     configure_runtime,
     setup_runtime,
+    start,
 )
 from pathssl.train.checkpoint import load_checkpoint
 from pathssl.train.config import ConfigError, PretrainConfig, to_dict
 from pathssl.train.distributed import DistInfo
 from pathssl.train.loop import Trainer, ViewStep
+from pathssl.train.online import Evaluator, online_validation, probed_network
 from pathssl.train.optim import scaled_lr
 from tiling.discover import available_cores
 
@@ -215,23 +218,45 @@ def suspicious(
     return out
 
 
+def view_generator(seed: int, rank: int = 0) -> torch.Generator:
+    """The generator rank ``rank``'s training views draw from in a run seeded ``seed`` (also
+    what ``pathssl augment-preview --config`` draws with, so it shows the training's views)."""
+    return torch.Generator().manual_seed(seed * 7919 + rank + 1)
+
+
 def build_trainer(
-    cfg: PretrainConfig, dist_info: DistInfo | None = None, device: torch.device | None = None
+    cfg: PretrainConfig,
+    dist_info: DistInfo | None = None,
+    device: torch.device | None = None,
+    evaluator: Evaluator | None = None,
 ) -> Trainer:
     """Everything for a run of ``cfg``: initialises torch.distributed from torchrun's variables
     unless ``dist_info``/``device`` are given. Inputs and outputs are checked before any
     compute. Call :func:`pathssl.train.assemble.start` (or ``trainer.resume()``), then
-    ``fit()``."""
+    ``fit()``.
+
+    ``evaluator``: the online probe (:mod:`pathssl.train.online`), run every ``eval.every``
+    steps, choosing ``best.pt`` when ``eval.select_best``; required when ``eval.knn`` is set
+    (``pathssl.commands.pretrain.knn_evaluator`` builds that one)."""
     t = cfg.train
     cfg.optim.check("optim")
     t.check("train")
+    cfg.eval.check("eval")
+    if cfg.eval.knn and evaluator is None:
+        raise ConfigError(
+            f"eval.knn is set ({cfg.eval.knn}) but no evaluator was given: build the kNN probe "
+            "with pathssl.commands.pretrain.knn_evaluator(...) and pass evaluator=, or set "
+            "eval.knn to empty"
+        )
     if dist_info is None or device is None:
         dist_info, device = setup_runtime(t, distributed=True)
     else:
         configure_runtime(t, device)
     recipe = build_views(cfg)
+    recipe.check_inputs()  # stain statistics / targets the views name: read before any compute
     encoded = cfg.data.decode == "device" or (cfg.data.decode == "auto" and device.type == "cuda")
     dataset = build_dataset(cfg, encoded=False)  # data errors first, before building models
+    recipe.check_tile(dataset.tile_size)
     check_batch(cfg.data.batch_size, dist_info.world_size, len(dataset))
     if dist_info.is_main:
         for warning in suspicious(
@@ -249,6 +274,8 @@ def build_trainer(
     check_previous_run(t, identity)  # a damaged or foreign last.pt: before building anything
     if t.init_from:  # a previous stage's checkpoint: readable and with weights, before compute
         load_checkpoint(t.init_from, fix="set train.init_from to the previous stage's last.pt")
+    if evaluator is not None and dist_info.is_main:  # its images read now: errors at the start
+        evaluator.prepare(dataset.tile_mpp)
     seed_everything(t.seed)  # identical initial weights and buffers on every rank
     method = build_method(cfg, recipe)
     recipe = align_mask(recipe, method)
@@ -282,7 +309,7 @@ def build_trainer(
     o = cfg.optim
     lr = scaled_lr(o.lr, cfg.data.batch_size * dist_info.world_size, o.lr_scaling)
     seed_everything(t.seed + dist_info.rank)
-    generator = torch.Generator().manual_seed(t.seed * 7919 + dist_info.rank + 1)
+    generator = view_generator(t.seed, dist_info.rank)
     meta = {
         **identity,
         "backbone_params": dict(cfg.model.params),
@@ -294,7 +321,32 @@ def build_trainer(
         "config": to_dict(cfg),
         "pathssl_version": __version__,
     }
-    views = ViewStep(recipe.torch().to(device), mean, std, device, generator, channels_last)
+    views = ViewStep(
+        recipe.torch(tile_mpp=dataset.tile_mpp).to(device),
+        mean,
+        std,
+        device,
+        generator,
+        channels_last,
+    )
+    validation = None
+    if evaluator is not None:
+        e = cfg.eval
+        validation = online_validation(
+            method,
+            evaluator,
+            every=e.every,
+            select_best=e.select_best,
+            mean=mean,
+            std=std,
+            device=device,
+        )
+        if dist_info.is_main:
+            best = f", best.pt by {evaluator.monitor}" if e.select_best else ""
+            print(
+                f"online evaluation every {e.every} steps on {probed_network(method)[1]}{best}",
+                flush=True,
+            )
     return assemble(
         method,
         method.param_groups(o.weight_decay),
@@ -309,4 +361,17 @@ def build_trainer(
         generator=generator,
         dist_info=dist_info,
         model=model,
+        validation=validation,
     )
+
+
+def pretrain(cfg: PretrainConfig, evaluator: Evaluator | None = None) -> Trainer:
+    """``pathssl pretrain`` as a library call: :func:`build_trainer`, resume from
+    ``train.out_dir/last.pt`` or start fresh (:func:`~pathssl.train.assemble.start`), train to
+    ``train.max_steps``; returns the trainer (its ``step``, ``best``, ``checkpoint_path``).
+    ``evaluator``: the online probe (see :func:`build_trainer`)."""
+    trainer = build_trainer(cfg, evaluator=evaluator)
+    if start(trainer, cfg.train) and trainer.dist.is_main:
+        print(f"resumed from {trainer.checkpoint_path} at step {trainer.step}", flush=True)
+    trainer.fit()
+    return trainer

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 # the generic machinery lives in pathssl.config; re-exported here for existing callers
-from pathssl.config import ConfigError, apply_override, from_dict, load
+from pathssl.config import ConfigError, apply_override, from_dict, load, setting
 
 
 @dataclass
@@ -193,6 +193,38 @@ class TrainConfig(LoopConfig):
 
 
 @dataclass
+class OnlineEvalConfig:
+    """Online evaluation while pretraining: a kNN probe on frozen features of the encoder being
+    trained (the backbone checkpoints keep as ``trunk``: DINO's EMA teacher, the online backbone
+    of the other methods), run every ``every`` steps and after the last one.
+
+    ``knn``: a ``pathssl eval`` config (``configs/eval/*.yaml``); its ``data`` section names the
+    labelled set (image folder per class, CSV of images, or tile store + label CSV), its split
+    and ``image_size``; its ``model`` is ignored. Empty: no probe. ``k``: neighbours (null: the
+    eval config's ``protocols.knn.k``, 20 when it lists none). ``temperature``: null for a
+    majority vote, else similarity-weighted votes ``exp(sim / temperature)`` (DINO: 0.07). ``select_best``: keep
+    ``best.pt`` = the weights of the best kNN top-1 so far. ``batch_size``: images per forward
+    pass. ``max_images``: at most this many labelled images (train + test, a seeded random
+    subset of each side in proportion; null: all), decoded once and held in memory as uint8
+    (3 x image_size^2 bytes each)."""
+
+    knn: str = ""
+    every: int = setting(1000, ge=1)
+    k: int | None = setting(None, ge=1)
+    temperature: float | None = setting(None, gt=0)
+    select_best: bool = True
+    batch_size: int = setting(256, ge=1)
+    max_images: int | None = setting(5000, ge=2)
+
+    def check(self, where: str = "eval") -> None:
+        """The fields' value rules (also applied when parsed); raises :class:`ConfigError`."""
+        for f in dataclasses.fields(self):
+            rule = f.metadata.get("check")
+            if rule is not None:
+                rule(getattr(self, f.name), f"{where}.{f.name}")
+
+
+@dataclass
 class PretrainConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -200,6 +232,7 @@ class PretrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: OnlineEvalConfig = field(default_factory=OnlineEvalConfig)
 
 
 __all__ = ["ConfigError", "PretrainConfig", "apply_override", "from_dict", "load_config"]
@@ -234,6 +267,7 @@ def validate(cfg: PretrainConfig) -> None:
     _at_least("data.num_workers", cfg.data.num_workers, 0)
     cfg.optim.check("optim")
     cfg.train.check("train")
+    cfg.eval.check("eval")
 
 
 def to_dict(cfg: PretrainConfig) -> dict[str, Any]:

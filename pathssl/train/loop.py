@@ -84,7 +84,9 @@ class Validation:
     ``monitor`` names the metric to select on (``mode`` ``"max"`` or ``"min"``); the module's
     weights at its best value so far are written to ``out_dir/best.pt``. ``patience``: stop after
     this many validations in a row without an improvement of more than ``min_delta`` (None:
-    never stop early). A NaN score never counts as an improvement."""
+    never stop early). A NaN score never counts as an improvement. ``keep_best`` False: the
+    best value is tracked and logged but no ``best.pt`` is written. ``main_only``: under DDP
+    only rank 0 runs ``run()`` (the others get its scores)."""
 
     run: Callable[[], dict[str, float]]
     every: int
@@ -92,6 +94,8 @@ class Validation:
     mode: str = "max"
     patience: int | None = None
     min_delta: float = 0.0
+    keep_best: bool = True
+    main_only: bool = False
 
     def __post_init__(self) -> None:
         if self.every < 1:
@@ -224,12 +228,8 @@ class Trainer:
             blobs: list[Any] = [None] * self.dist.world_size
             dist.all_gather_object(blobs, buf.getvalue())
             rngs = [torch.load(io.BytesIO(b), weights_only=True) for b in blobs]
-        payload: dict[str, Any] = {}
-        export = getattr(self.method, "export_backbone", None)
-        if callable(export):
-            payload["trunk"] = trunk_state_dict(export())
         return {
-            **payload,
+            **self._trunk(),
             "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -244,6 +244,11 @@ class Trainer:
                 "stale": self.stale,
             },
         }
+
+    def _trunk(self) -> dict[str, Any]:
+        """``{"trunk": torchvision-named backbone weights}`` when the module exports one."""
+        export = getattr(self.method, "export_backbone", None)
+        return {"trunk": trunk_state_dict(export())} if callable(export) else {}
 
     def save(self) -> Path | None:
         payload = self.state()  # every rank takes part (RNG gather)
@@ -280,6 +285,8 @@ class Trainer:
         if (
             self.best is not None
             and self.best_step == self.step
+            and self.validation is not None
+            and self.validation.keep_best
             and self._best_file_step() != self.step
         ):
             self.write_best()  # killed between last.pt and best.pt: these weights are the best
@@ -372,6 +379,7 @@ class Trainer:
                 ):
                     t_val = time.perf_counter()
                     improved, self.stopped_early = self.validate()
+                    improved = improved and val.keep_best  # only a kept best forces a save
                     t0 += time.perf_counter() - t_val  # images/s excludes validation
                     bar.set_postfix(loss=f"{last.get('loss', math.nan):.4f}", best=self.best)
                 if (
@@ -403,7 +411,8 @@ class Trainer:
         self.method.eval()
         try:
             with torch.no_grad():
-                scores = {k: float(x) for k, x in v.run().items()}
+                runs = self.dist.is_main or not v.main_only
+                scores = {k: float(x) for k, x in v.run().items()} if runs else {}
         finally:
             self.method.train()
         if self.dist.world_size > 1:
@@ -423,9 +432,12 @@ class Trainer:
         return improved, v.patience is not None and self.stale >= v.patience
 
     def write_best(self) -> None:
-        """``best.pt``: the module's weights now (called at the best step, after ``last.pt``)."""
+        """``best.pt``: the module's weights now (called at the best step, after ``last.pt``),
+        with a ``trunk`` like ``last.pt``'s when the module exports one (so ``pathssl eval`` and
+        ``nuclei train`` read a pretraining ``best.pt`` as they read ``last.pt``)."""
         if self.dist.is_main:
             payload = {
+                **self._trunk(),
                 "method": self.method.state_dict(),
                 "step": self.step,
                 "scores": self.best_scores,

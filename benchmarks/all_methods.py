@@ -1,0 +1,361 @@
+"""Every registered SSL method after the same CPU budget, in one table (issues 11 and 13).
+
+For each method and seed: pretrain on real tiles of the CMU-1 sample slide for ``--minutes`` of
+this machine's time (the step count that fits is measured first, then a fresh run of exactly that
+many steps completes its schedule), then score the trunk two ways:
+
+* **nuclei PQ**: a nuclei head on the FROZEN trunk, trained on hand-drawn nuclei and scored on
+  held-apart hand-drawn images (``--nuclei-config``, default ``configs/nuclei/manual_cpu.yaml``:
+  which images train and which score is that config's split, printed in the table's notes);
+* **kNN**: the kNN probe (k=20) on the hgsc_nest nucleus crops the demo uses (left half trains,
+  right half scores; model-made labels, a quick second signal).
+
+Random-init trunks of each backbone are the floor. Throughput is images/s of the timed run
+relative to SimCLR on the same backbone. Every method keeps its paper parameters (temperatures,
+losses, recipes) except sizes that do not fit a CPU (projector widths, prototypes, queues) and
+step-based knobs, which scale with the budget; all use one optimiser (AdamW, 1e-3, wd 0.05,
+10 % warm-up, cosine) so that 3 minutes of every method are comparable. Resnet-18 trunks for
+the methods that take a CNN, ViT-Tiny/16 for the masked methods; 64 x 64 views, batch 32.
+
+    python benchmarks/all_methods.py                         # the table in benchmarks/README.md
+    python benchmarks/all_methods.py --minutes 0.2 --seeds 0 --methods simclr mae   # quick look
+
+Results go to ``--out`` (one JSON line per finished run: an interrupted run resumes where it
+stopped) and the table between the ``all-methods`` markers of ``benchmarks/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+README = REPO / "benchmarks" / "README.md"
+START, END = "<!-- all-methods:start -->", "<!-- all-methods:end -->"
+
+VIT_METHODS = {"mae", "maskfeat"}
+BATCH = 32
+VIEW = 64
+# sizes that fit a CPU (paper sizes in configs/pretrain/<method>.yaml)
+CPU_PARAMS: dict[str, dict[str, Any]] = {
+    "simclr": {"proj_hidden_dim": 512, "proj_dim": 128},
+    "moco_v2": {"proj_hidden_dim": 512, "proj_dim": 128, "queue_size": 4096, "momentum": 0.99},
+    "moco_v3": {"hidden_dim": 512, "out_dim": 128},
+    "byol": {"proj_hidden_dim": 512, "proj_dim": 128, "momentum": 0.99},
+    "barlow_twins": {"proj_dim": 1024},
+    "swav": {"proj_hidden_dim": 512, "proj_dim": 128, "num_prototypes": 300},
+    "dino": {"out_dim": 4096, "hidden_dim": 512, "bottleneck_dim": 128},
+    "mae": {"decoder_dim": 128, "decoder_depth": 2, "decoder_heads": 4},
+    "maskfeat": {},
+}
+# step-based knobs of the paper configs, as a fraction of the run
+STEP_KNOBS: dict[str, dict[str, float]] = {
+    "swav": {"freeze_prototypes_steps": 0.05, "queue_start_step": 0.15},
+    "dino": {"warmup_teacher_temp_steps": 0.3, "freeze_last_layer_steps": 0.05},
+}
+MULTI_CROP = {"dino", "swav"}
+
+
+def backbone(method: str) -> str:
+    return "vit_tiny" if method in VIT_METHODS else "resnet18"
+
+
+def pretrain_overrides(
+    method: str, arch: str, store: Path, out: Path, steps: int, seed: int
+) -> list[str]:
+    """``key=value`` overrides of ``configs/pretrain/<method>.yaml`` for the CPU budget."""
+    ov = [
+        f"model.backbone={arch}",
+        f"augment.params.size={VIEW}",
+        f"data.stores=[{json.dumps(str(store))}]",
+        f"data.batch_size={BATCH}",
+        "data.num_workers=1",
+        "data.decode=cpu",
+        "data.min_tissue=0.5",
+        "optim.name=adamw",
+        "optim.lr=0.001",
+        "optim.lr_scaling=none",
+        "optim.weight_decay=0.05",
+        "optim.weight_decay_end=null",
+        "optim.groups={}",
+        "optim.betas=[0.9, 0.999]",
+        f"optim.warmup_steps={max(1, steps // 10)}",
+        "optim.clip_grad=3.0",
+        f"train.max_steps={steps}",
+        f"train.ckpt_every={steps}",
+        "train.log_every=5",
+        f"train.out_dir={json.dumps(str(out))}",
+        "train.device=cpu",
+        "train.precision=fp32",
+        "train.progress=false",
+        f"train.seed={seed}",
+        f"train.threads={os.cpu_count() or 1}",
+    ]
+    if method in MULTI_CROP:
+        ov += ["augment.params.local_size=32", "augment.params.n_local=4"]
+    ov += [f"method.params.{k}={v}" for k, v in CPU_PARAMS.get(method, {}).items()]
+    for key, frac in STEP_KNOBS.get(method, {}).items():
+        ov.append(f"method.params.{key}={max(1, int(steps * frac))}")
+    return ov
+
+
+def pretrain(
+    method: str, arch: str, store: Path, out: Path, steps: int, seed: int
+) -> dict[str, Any]:
+    """Fresh run of ``steps`` steps; wall time, images/s and first/last loss."""
+    from pathssl.train import build_trainer, load_config
+    from pathssl.train.logger import read_metrics
+
+    cfg_file = REPO / "configs" / "pretrain" / f"{method}.yaml"
+    cfg = load_config(cfg_file, pretrain_overrides(method, arch, store, out, steps, seed))
+    trainer = build_trainer(cfg)
+    t0 = time.perf_counter()
+    trainer.fit()
+    seconds = time.perf_counter() - t0
+    rec = [r for r in read_metrics(out / "metrics.jsonl") if r.get("kind") == "train"]
+    losses = [r["loss"] for r in rec if "loss" in r]
+    return {
+        "steps": steps,
+        "seconds": seconds,
+        "images_per_s": steps * BATCH / seconds,
+        "loss_first": losses[0] if losses else None,
+        "loss_last": losses[-1] if losses else None,
+        "checkpoint": str(trainer.checkpoint_path),
+    }
+
+
+def steps_for_budget(
+    method: str, arch: str, store: Path, work: Path, seconds: float
+) -> tuple[int, float]:
+    """Steps that fit ``seconds`` (a 12-step run timed after its first 2 steps) and s/step."""
+    from pathssl.train import build_trainer, load_config
+    from pathssl.train.logger import read_metrics
+
+    probe = work / f"probe_{method}_{arch}"
+    cfg = load_config(
+        REPO / "configs" / "pretrain" / f"{method}.yaml",
+        pretrain_overrides(method, arch, store, probe, 12, 0) + ["train.log_every=1"],
+    )
+    trainer = build_trainer(cfg)
+    trainer.fit()
+
+    times = [r["time"] for r in read_metrics(probe / "metrics.jsonl") if r.get("kind") == "train"]
+    per_step = (times[-1] - times[1]) / max(1, len(times) - 2)
+    return max(10, int(seconds / per_step)), per_step
+
+
+def knn(checkpoint: str | None, arch: str, crops: tuple[Path, Path], seed: int) -> float:
+    from pathssl.demo.knn import knn_scores
+    from pathssl.demo.stages import KNN_CLASSES, KNN_K
+
+    train_csv, test_csv = crops
+    res = knn_scores(
+        train_csv,
+        test_csv,
+        KNN_CLASSES,
+        backbone=arch,
+        checkpoint=checkpoint,
+        image_size=VIEW,
+        k=KNN_K,
+        batch_size=64,
+        device="cpu",
+        encoder_seed=seed,
+    )
+    return float(res["accuracy"])
+
+
+def nuclei_pq(
+    checkpoint: str | None, arch: str, config: Path, steps: int, out: Path, seed: int
+) -> dict[str, Any]:
+    """A frozen-trunk nuclei head trained ``steps`` steps; its held-apart scores."""
+    from pathssl.nuclei.config import load_config
+    from pathssl.nuclei.label_efficiency import held_apart_scores
+    from pathssl.nuclei.train import train_nuclei
+
+    cfg = load_config(
+        config,
+        [
+            f"model.backbone={arch}",
+            f"model.checkpoint={json.dumps(checkpoint or '')}",
+            "model.finetune=frozen",
+            f"train.max_steps={steps}",
+            f"train.out_dir={json.dumps(str(out))}",
+            "train.device=cpu",
+            "train.val_every=0",
+            f"train.seed={seed}",
+        ],
+    )
+    res = train_nuclei(cfg, progress=False)
+    scores = held_apart_scores(res.model, cfg, float(res.meta["mpp"]))
+    if scores is None:
+        raise SystemExit(f"{config} holds no images apart: the table needs held-apart PQ")
+    return {k: scores[k] for k in ("pq", "aji", "f1_detection") if k in scores}
+
+
+def knn_crops(work: Path) -> tuple[Path, Path]:
+    from pathssl.demo.knn import nucleus_crops, write_crops
+    from pathssl.demo.stages import KNN_CLASSES, NUCLEI_FILES
+    from pathssl.nuclei.data import load_npz_pair
+
+    image, inst, types = (DATA / "nuclei" / n for n in NUCLEI_FILES)
+    lab = load_npz_pair(image, inst, types)
+    crops, labels, centres = nucleus_crops(lab.image, lab.inst, lab.types, VIEW)
+    return write_crops(work / "crops", crops, labels, centres, KNN_CLASSES, lab.image.shape[1] // 2)
+
+
+def tile_store(work: Path) -> Path:
+    from pathssl.demo.layout import SLIDE, SLIDE_ID
+    from pathssl.demo.stages import PRETRAIN_TILE_OPTIONS
+    from tiling import tile_slides
+
+    tiles = work / "tiles"
+    tile_slides(
+        [DATA / "slides" / SLIDE], tiles, progress=False, report=False, **PRETRAIN_TILE_OPTIONS
+    )
+    return tiles / f"{SLIDE_ID}.zarr"
+
+
+def mean_sd(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def table(rows: list[dict[str, Any]], ref: dict[str, float], notes: list[str]) -> str:
+    """Markdown table: one line per (method, backbone), mean ± sd over seeds; ``ref``: SimCLR's
+    images/s per backbone."""
+    by: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        by.setdefault((r["method"], r["backbone"]), []).append(r)
+    lines = [
+        "| method | trunk | seeds | steps | nuclei PQ (frozen) | nuclei F1 | kNN acc | img/s vs SimCLR |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    order = sorted(by, key=lambda k: (k[0] == "random_init", k[1], k[0]))
+    for key in order:
+        rs = by[key]
+        method, arch = key
+        steps = "-" if method == "random_init" else f"{statistics.mean(r['steps'] for r in rs):.0f}"
+        speed = "-"
+        if method != "random_init" and arch in ref:
+            speed = f"{statistics.mean(r['images_per_s'] for r in rs) / ref[arch]:.2f}"
+        lines.append(
+            f"| {method} | {arch} | {len(rs)} | {steps} | {mean_sd([r['pq'] for r in rs])} | "
+            f"{mean_sd([r['f1_detection'] for r in rs])} | {mean_sd([r['knn'] for r in rs])} | "
+            f"{speed} |"
+        )
+    return "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"
+
+
+def update_readme(text: str) -> None:
+    from tiling.atomic import atomic_write
+
+    readme = README.read_text()
+    block = f"{START}\n{text}{END}"
+    if START in readme and END in readme:
+        head, rest = readme.split(START, 1)
+        readme = head + block + rest.split(END, 1)[1]
+    else:
+        readme = readme.rstrip() + "\n\n## All methods after 3 CPU minutes\n\n" + block + "\n"
+    atomic_write(README, readme)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pathssl.ssl import METHODS
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--minutes", type=float, default=3.0, help="pretraining budget per run")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--methods", nargs="+", default=METHODS.names())
+    p.add_argument("--nuclei-config", type=Path, default=REPO / "configs/nuclei/manual_cpu.yaml")
+    p.add_argument("--nuclei-steps", type=int, default=150, help="frozen-head training steps")
+    p.add_argument("--out", type=Path, default=REPO / "bench_out" / "all_methods")
+    p.add_argument("--no-readme", action="store_true", help="do not update benchmarks/README.md")
+    args = p.parse_args(argv)
+    unknown = sorted(set(args.methods) - set(METHODS.names()))
+    if unknown:
+        p.error(f"unknown methods {unknown}; registered: {METHODS.names()}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = args.out / "results.jsonl"
+    done = [json.loads(x) for x in results.read_text().splitlines()] if results.exists() else []
+    have = {(r["method"], r["backbone"], r["seed"], r["minutes"]) for r in done}
+
+    def record(row: dict[str, Any]) -> None:
+        done.append(row)
+        with results.open("a") as f:  # one line per finished run: resumable
+            f.write(json.dumps(row) + "\n")
+        print(json.dumps({k: v for k, v in row.items() if k != "checkpoint"}), flush=True)
+
+    store, crops = tile_store(args.out), knn_crops(args.out)
+    budget = args.minutes * 60
+    methods = list(args.methods)
+    if "simclr" not in methods:
+        methods.insert(0, "simclr")  # the throughput reference
+    archs = sorted({backbone(m) for m in methods})
+    for seed in args.seeds:
+        for arch in archs:
+            if ("random_init", arch, seed, args.minutes) in have:
+                continue
+            out = args.out / f"nuclei_random_{arch}_{seed}"
+            nuc = nuclei_pq(None, arch, args.nuclei_config, args.nuclei_steps, out, seed)
+            knn_acc = knn(None, arch, crops, seed)
+            record(_row("random_init", arch, seed, args.minutes, knn=knn_acc, **nuc))
+        for method in methods:
+            arch = backbone(method)
+            if (method, arch, seed, args.minutes) in have:
+                continue
+            steps, per_step = steps_for_budget(method, arch, store, args.out, budget)
+            pre = pretrain(method, arch, store, args.out / f"{method}_{seed}", steps, seed)
+            out = args.out / f"nuclei_{method}_{seed}"
+            nuc = nuclei_pq(
+                pre["checkpoint"], arch, args.nuclei_config, args.nuclei_steps, out, seed
+            )
+            knn_acc = knn(pre["checkpoint"], arch, crops, seed)
+            row = _row(method, arch, seed, args.minutes, probe_s_per_step=per_step, **pre, **nuc)
+            record({**row, "knn": knn_acc})
+    rows = [r for r in done if r["minutes"] == args.minutes and r["seed"] in args.seeds]
+    ref = {}
+    for arch in archs:
+        same = [
+            r["images_per_s"] for r in rows if r["method"] == "simclr" and r["backbone"] == arch
+        ]
+        if not same:  # SimCLR on this trunk for speed only (the masked methods' reference)
+            speed = [r for r in done if r["method"] == "simclr_speed" and r["backbone"] == arch]
+            if not speed:
+                _, per_step = steps_for_budget("simclr", arch, store, args.out, 1.0)
+                record(_row("simclr_speed", arch, 0, args.minutes, images_per_s=BATCH / per_step))
+                speed = [done[-1]]
+            same = [speed[0]["images_per_s"]]
+        ref[arch] = statistics.mean(same)
+    shown = [r for r in rows if r["method"] != "simclr_speed"]
+    notes = [
+        f"{args.minutes:g} min of pretraining per method and seed on this machine "
+        f"({os.cpu_count()} cores), seeds {args.seeds}; 64 x 64 views, batch {BATCH}, AdamW.",
+        f"nuclei: {args.nuclei_config.relative_to(REPO) if args.nuclei_config.is_relative_to(REPO) else args.nuclei_config}, "
+        f"frozen trunk, {args.nuclei_steps} head steps; PQ/F1 on its held-apart images.",
+        "kNN: k=20 on hgsc_nest nucleus crops (3 classes, model-made labels), left half trains, right half scores.",
+        "img/s vs SimCLR: the same trunk's SimCLR run (ViT-Tiny: a SimCLR speed run only).",
+    ]
+    text = table(shown, ref, notes)
+    (args.out / "table.md").write_text(text)
+    print(text)
+    if not args.no_readme:
+        update_readme(text)
+    return 0
+
+
+def _row(method: str, arch: str, seed: int, minutes: float, **values: Any) -> dict[str, Any]:
+    return {"method": method, "backbone": arch, "seed": seed, "minutes": minutes, **values}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
