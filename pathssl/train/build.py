@@ -237,7 +237,7 @@ def build_trainer(
 
     ``evaluator``: the online probe (:mod:`pathssl.train.online`), run every ``eval.every``
     steps, choosing ``best.pt`` when ``eval.select_best``; required when ``eval.knn`` is set
-    (``pathssl.commands.pretrain.knn_evaluator`` builds that one)."""
+    (``pathssl.eval.online.knn_evaluator`` builds that one)."""
     t = cfg.train
     cfg.optim.check("optim")
     t.check("train")
@@ -245,7 +245,7 @@ def build_trainer(
     if cfg.eval.knn and evaluator is None:
         raise ConfigError(
             f"eval.knn is set ({cfg.eval.knn}) but no evaluator was given: build the kNN probe "
-            "with pathssl.commands.pretrain.knn_evaluator(...) and pass evaluator=, or set "
+            "with pathssl.eval.online.knn_evaluator(...) and pass evaluator=, or set "
             "eval.knn to empty"
         )
     if dist_info is None or device is None:
