@@ -293,3 +293,8 @@ def test_sync_batchnorm_covers_vit_heads_across_cuda_processes() -> None:
     synced = sync_batchnorm(moco, 2, torch.device("cuda"))
     assert n_sync(synced.projector) > 0 and n_sync(synced.predictor) > 0  # type: ignore[arg-type]
     assert not any(isinstance(x, nn.BatchNorm1d) for x in synced.modules())
+    # MoCo v2's Shuffle-BN needs per-GPU statistics: no SyncBN unless it is turned off
+    shuffled = build("moco_v2", backbone="resnet18")
+    assert n_sync(sync_batchnorm(shuffled, 2, torch.device("cuda"))) == 0
+    plain = build("moco_v2", backbone="resnet18", shuffle_bn=False)
+    assert n_sync(sync_batchnorm(plain, 2, torch.device("cuda"))) > 0

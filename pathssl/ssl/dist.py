@@ -63,6 +63,14 @@ def gather_no_grad(x: Tensor) -> Tensor:
 
 
 @torch.no_grad()
+def broadcast(x: Tensor, src: int = 0) -> Tensor:
+    """``x`` as held by rank ``src`` on every rank (in place; returns ``x``)."""
+    if world_size() > 1:
+        dist.broadcast(x, src=src)
+    return x
+
+
+@torch.no_grad()
 def all_reduce_sum(x: Tensor) -> Tensor:
     """Sum over ranks (returns a new tensor; ``x`` itself unchanged)."""
     x = x.clone()

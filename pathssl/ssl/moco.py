@@ -18,6 +18,7 @@ from pathssl.ssl import dist
 from pathssl.ssl.base import METHODS, MomentumTargetMethod, collapse_std
 from pathssl.ssl.heads import MLPHead
 from pathssl.ssl.losses import info_nce_queue, moco_v3_contrastive
+from pathssl.ssl.shuffle_bn import shuffle_bn_encode
 
 
 @METHODS.register("moco_v2")
@@ -29,7 +30,13 @@ class MoCoV2(MomentumTargetMethod):
     overwritten first), only for steps the loop applied: the keys of a step skipped by the NaN
     guard never reach the queue. The key encoder is then moved by EMA with constant
     ``momentum``.
-    Shuffle-BN is not implemented (use SyncBN or a ViT). Views: 2 global ``(B, 3, H, W)``.
+
+    ``shuffle_bn`` (default True, the paper's Shuffling BN, :mod:`pathssl.ssl.shuffle_bn`): the
+    key encoder's BatchNorm sees another batch composition than the query's. Across processes
+    each rank encodes a shard of the shuffled global batch; in one process the shuffled batch
+    is encoded in ``shuffle_bn_groups`` groups (None: ``batch // 32``, the paper's 32 images
+    per GPU, at least 2; never under 2 images a group). Queries keep their batch's statistics.
+    No effect for a backbone without BatchNorm (ViT). Views: 2 global ``(B, 3, H, W)``.
     """
 
     cosine_momentum = False
@@ -44,11 +51,17 @@ class MoCoV2(MomentumTargetMethod):
         queue_size: int = 65536,
         temperature: float = 0.2,
         momentum: float = 0.999,
+        shuffle_bn: bool = True,
+        shuffle_bn_groups: int | None = None,
     ) -> None:
         super().__init__(backbone)
+        if shuffle_bn_groups is not None and shuffle_bn_groups < 1:
+            raise ValueError(f"shuffle_bn_groups must be >= 1 or None, got {shuffle_bn_groups}")
         self.projector = MLPHead(
             self.embed_dim, proj_hidden_dim, proj_dim, num_layers=2, hidden_bn=False
         )
+        self.shuffle_bn = shuffle_bn
+        self.shuffle_bn_groups = shuffle_bn_groups
         self.key_encoder = self.init_target(momentum)
         self.temperature = temperature
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, proj_dim), dim=1))
@@ -60,11 +73,32 @@ class MoCoV2(MomentumTargetMethod):
         h = self.backbone(views[0])
         q = F.normalize(self.projector(h), dim=1)
         with torch.no_grad():
-            k = F.normalize(self.key_encoder(views[1]), dim=1)
+            if self.training:  # (W * B, D) in rank order; this rank's keys are its rows
+                k_all = F.normalize(self.keys(views[1]), dim=1)
+                b, r = q.shape[0], dist.rank()
+                k = k_all[r * b : (r + 1) * b]
+                # replaced, not appended: the keys of a step the loop skipped (NaN guard,
+                # no on_step_end) are dropped
+                self._pending = [k_all]
+            else:  # eval: running BN statistics, nothing to shuffle or enqueue
+                k = F.normalize(self.key_encoder(views[1]), dim=1)
         loss = info_nce_queue(q, k, self.queue.clone(), self.temperature)
-        if self.training:  # replaced, not appended: keys of a step the loop skipped (NaN
-            self._pending = [dist.gather_no_grad(k)]  # guard, no on_step_end) are dropped
         return {"loss": loss, "embed_std": collapse_std(h)}
+
+    @property
+    def sync_bn(self) -> bool:
+        """Whether the training loop should synchronise BatchNorm across processes: not with
+        Shuffling BN, whose point is per-rank statistics (the reference uses no SyncBN; with it
+        query and key would share the global batch's statistics again)."""
+        return not self.shuffle_bn
+
+    @torch.no_grad()
+    def keys(self, x: Tensor) -> Tensor:
+        """Key-encoder outputs (not normalised) for the key views ``x`` ``(B, 3, H, W)`` of this
+        rank -> ``(W * B, D)`` for the global batch in rank order, with Shuffling BN when on."""
+        if self.shuffle_bn:
+            return shuffle_bn_encode(self.key_encoder, x, self.shuffle_bn_groups)
+        return dist.gather_no_grad(self.key_encoder(x))
 
     @torch.no_grad()
     def enqueue(self, keys: Tensor) -> None:

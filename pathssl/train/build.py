@@ -129,9 +129,12 @@ def build_method(cfg: PretrainConfig, recipe: ViewRecipe) -> SSLMethod:
 def sync_batchnorm(method: SSLMethod, world_size: int, device: torch.device) -> SSLMethod:
     """Across several CUDA processes every BatchNorm of the method (a ResNet's, and the MLP
     heads' of a ViT method such as MoCo v3's projector and predictor) becomes a SyncBatchNorm,
-    so its statistics are the global batch's. Unchanged on one process or on the CPU."""
+    so its statistics are the global batch's. Unchanged on one process or on the CPU, and for a
+    method that says ``sync_bn = False`` (MoCo v2 with Shuffle-BN: global statistics would undo
+    the shuffle; the reference uses no SyncBN)."""
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in method.modules())
-    if world_size > 1 and device.type == "cuda" and has_bn:
+    wanted = getattr(method, "sync_bn", True)
+    if world_size > 1 and device.type == "cuda" and has_bn and wanted:
         converted = nn.SyncBatchNorm.convert_sync_batchnorm(method)
         assert isinstance(converted, SSLMethod)
         return converted
