@@ -72,3 +72,23 @@ def test_dino_weight_decay_and_teacher_temperature_schedules() -> None:
     assert dino.teacher_temp_at(w // 2) == pytest.approx(0.055, abs=1e-3)
     assert dino.teacher_temp_at(w) == pytest.approx(0.07)
     assert dino.teacher_temp_at(steps - 1) == pytest.approx(0.07)
+
+
+def test_pretext_configs_follow_their_papers() -> None:
+    """Jigsaw (Noroozi & Favaro 2016): 64 px tiles in 75 px cells of a 225 px view, 1,000
+    permutations; context prediction (Doersch et al. 2015): patches 2/3 of a cell (96 of 144),
+    jitter 7 px of 144; rotation (Gidaris et al. 2018): views without the dihedral step."""
+    from pathssl.ssl.patches import max_jitter, patch_side
+    from pathssl.train.build import build_views
+
+    jig = load_config(CONFIGS / "jigsaw.yaml")
+    views = build_views(jig)
+    p = jig.method.params
+    assert views.views[0][0].size == 225 and p["grid"] == 3 and p["num_permutations"] == 1000
+    assert patch_side(225 // 3, p["patch_fraction"]) == 64
+    ctx = load_config(CONFIGS / "context.yaml")
+    q = ctx.method.params
+    assert patch_side(144, q["patch_fraction"]) == 96
+    assert max_jitter(144, 96, q["jitter_fraction"]) == 7
+    rot = build_views(load_config(CONFIGS / "rotation.yaml"))
+    assert rot.n_views == 1 and not rot.views[0][0].dihedral

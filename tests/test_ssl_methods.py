@@ -33,6 +33,9 @@ TINY: dict[str, dict[str, Any]] = {
     "dino": {"out_dim": 128, "hidden_dim": 64, "bottleneck_dim": 32, "n_local_views": 2},
     "mae": {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2},
     "maskfeat": {},
+    "rotation": {"head_hidden_dim": 32},
+    "context": {"pair_dim": 16, "hidden_dim": 64},
+    "jigsaw": {"num_permutations": 24, "tile_dim": 16, "hidden_dim": 64},
 }
 BACKBONES = ["vit_tiny", "resnet18"]
 # On a fixed batch MoCo v2's queue fills with this batch's own keys, so its objective only

@@ -25,6 +25,9 @@ TINY: dict[str, dict[str, Any]] = {
     "dino": {"out_dim": 128, "hidden_dim": 64, "bottleneck_dim": 32},
     "mae": {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2},
     "maskfeat": {},
+    "rotation": {"head_hidden_dim": 32},
+    "context": {"pair_dim": 16, "hidden_dim": 64},
+    "jigsaw": {"num_permutations": 100, "tile_dim": 16, "hidden_dim": 64},
 }
 MULTI_CROP = {"local_size": 32, "n_local": 2}
 VIT = {"mae", "maskfeat", "dino", "moco_v3"}

@@ -3,7 +3,11 @@
 * two views: ``simclr``, ``moco`` (:func:`same_views`), ``byol``, ``barlow_twins``
   (:func:`asymmetric_views`);
 * multi-crop (2 global + N local): ``dino``, ``swav`` (:func:`multi_crop_views`);
-* single view + patch mask: ``mae``, ``maskfeat`` (:func:`masked_view`).
+* single view + patch mask: ``mae``, ``maskfeat`` (:func:`masked_view`);
+* one view for the pretext tasks, which cut or transform it themselves on the batched path
+  (:func:`one_view`): ``rotation`` (no dihedral step: the method's rotation is the label),
+  ``jigsaw``, ``context``, ``colorization``, ``split_brain``; ``pirl`` takes the two SimCLR-style
+  views (:func:`same_views`).
 
 A recipe is one of these families plus a table of its keyword parameters and their defaults
 (``_register``): the parameters that are :class:`ViewSpec` fields make the family's ``view``,
@@ -64,6 +68,11 @@ RECIPES: Registry[Callable[..., ViewRecipe]] = Registry("augment recipe")
 def same_views(name: str, view: ViewSpec) -> ViewRecipe:
     """Two views from one distribution ``view`` (the SimCLR family)."""
     return ViewRecipe(name, ((view, 2),))
+
+
+def one_view(name: str, view: ViewSpec) -> ViewRecipe:
+    """One view from ``view`` (the pretext tasks: rotation, jigsaw, context, colorization)."""
+    return ViewRecipe(name, ((view, 1),))
 
 
 def asymmetric_views(name: str, view: ViewSpec, solarize_p: float) -> ViewRecipe:
@@ -269,6 +278,32 @@ _register(
     masked_view,
     "One view + block-wise patch mask (MaskFeat, Wei et al. 2022: BEiT's blocks, 40 %).",
     {**_MASKED, "scale": (0.5, 1.0), "mask_ratio": 0.4, "mask_mode": "block"},
+)
+
+
+_register(
+    "rotation",
+    one_view,
+    "One view without the dihedral step: the method rotates it (Gidaris et al. 2018).",
+    {**_COLOUR, "scale": (0.4, 1.0), "dihedral": False, "blur_p": 0.0},
+)
+_register(
+    "jigsaw",
+    one_view,
+    "One 225 px view cut into 3x3 jittered patches by the method (Noroozi & Favaro 2016).",
+    {**_COLOUR, "size": 225, "scale": (0.4, 1.0), "blur_p": 0.0, "gray_p": 0.3},
+)
+_register(
+    "context",
+    one_view,
+    "One view; the method takes a centre patch and a neighbour (Doersch et al. 2015).",
+    {**_COLOUR, "scale": (0.4, 1.0), "blur_p": 0.0, "gray_p": 0.3},
+)
+_register(
+    "pirl",
+    same_views,
+    "Two views: the image and the one the method cuts into a jigsaw (Misra & van der Maaten 2020).",
+    {**_COLOUR, "blur_p": 0.5, "gray_p": 0.2},
 )
 
 

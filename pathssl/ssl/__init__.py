@@ -1,6 +1,18 @@
 """Self-supervised methods. Importing this package registers every method in ``METHODS``."""
 
-from pathssl.ssl import barlow, byol, dino, mae, maskfeat, moco, simclr, swav
+from pathssl.ssl import (
+    barlow,
+    byol,
+    context,
+    dino,
+    jigsaw,
+    mae,
+    maskfeat,
+    moco,
+    rotation,
+    simclr,
+    swav,
+)
 from pathssl.ssl.base import METHODS, SSLMethod
 
 __all__ = [
@@ -8,10 +20,13 @@ __all__ = [
     "SSLMethod",
     "barlow",
     "byol",
+    "context",
     "dino",
+    "jigsaw",
     "mae",
     "maskfeat",
     "moco",
+    "rotation",
     "simclr",
     "swav",
 ]
