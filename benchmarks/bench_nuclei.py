@@ -8,7 +8,7 @@ pixels by ``make_slide.py`` (``bench_out/bench-slide-8192.tiff``, 0.5 mpp, made 
 
     .venv/bin/python benchmarks/bench_nuclei.py                      # CPU, 1024 and 2048 px
     .venv/bin/python benchmarks/bench_nuclei.py --device cuda --sizes 2048 8192 --batch-size 32
-    .venv/bin/python benchmarks/bench_nuclei.py --model threshold    # no network: pipeline only
+    .venv/bin/python benchmarks/bench_nuclei.py --model classical    # no network: pipeline only
     .venv/bin/python benchmarks/bench_nuclei.py --checkpoint runs/nuclei/nuclei.pt
 
 The slide reader keeps decoded JPEG tiles in a cache bounded at 160 MB, so below that bound
@@ -37,13 +37,11 @@ REPO = HERE.parent
 def run_one(args: argparse.Namespace) -> dict[str, object]:
     import torch
 
+    from pathssl.nuclei.classical import ClassicalNuclei
     from pathssl.nuclei.model import build_nuclei_model
     from pathssl.nuclei.predict import NucleiPredictor, predict_slide
     from pathssl.nuclei.train import load_nuclei_model
     from pathssl.train.distributed import pick_device
-
-    sys.path.insert(0, str(REPO / "tests"))  # the tests' training-free reference model
-    from threshold_model import ThresholdNucleiModel
 
     if args.reader_cache_mb is not None:  # bound tiling's decoded-tile cache (default 160 MB)
         from tiling.readers import TiffJpegReader
@@ -54,8 +52,8 @@ def run_one(args: argparse.Namespace) -> dict[str, object]:
     if args.checkpoint:
         model, meta = load_nuclei_model(args.checkpoint, str(device))
         names, mpp = list(meta["type_names"]), float(meta["mpp"])
-    elif args.model == "threshold":
-        model = ThresholdNucleiModel()
+    elif args.model == "classical":  # training-free: the pipeline without a network
+        model = ClassicalNuclei(mpp)
     else:
         torch.manual_seed(0)
         model = build_nuclei_model(args.model, 3).to(device)
@@ -112,7 +110,7 @@ def main() -> int:
     p.add_argument("--slide", default=None, help="default: bench_out/bench-slide-8192.tiff")
     p.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048])
     p.add_argument("--offset", type=int, default=2048, help="region origin (level-0 x = y)")
-    p.add_argument("--model", default="resnet18", help="resnet18 | resnet50 | threshold")
+    p.add_argument("--model", default="resnet18", help="resnet18 | resnet50 | classical")
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--window", type=int, default=256)

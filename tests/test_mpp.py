@@ -13,11 +13,11 @@ import numpy as np
 import openslide
 import pytest
 from test_nuclei_data import npz_config  # the shared hgsc npz config
-from threshold_model import ThresholdNucleiModel
 
 from pathssl.eval.data import LabelledTiles, TileImages, image_folder
 from pathssl.eval.metrics import panoptic_quality
 from pathssl.nuclei.batch import predict_image_file
+from pathssl.nuclei.classical import ClassicalNuclei
 from pathssl.nuclei.config import DataConfig
 from pathssl.nuclei.data import LabelledImage, load_npz_pair, resample
 from pathssl.nuclei.predict import NucleiPredictor, predict_image_at_mpp, predict_slide
@@ -186,7 +186,7 @@ def test_training_data_without_mpp_is_a_clear_error(data_dir: Path) -> None:
 
 def test_image_prediction_resamples_and_maps_back(tmp_path: Path, hgsc: LabelledImage) -> None:
     image = np.ascontiguousarray(hgsc.image[:320, :400])
-    pred = NucleiPredictor(ThresholdNucleiModel(), window=128, overlap=32, progress=False)
+    pred = NucleiPredictor(ClassicalNuclei(), window=128, overlap=32, progress=False)
     notes: list[str] = []
     res, f = predict_image_at_mpp(pred, image, 0.5, 0.25, name="x.png", log=notes.append)
     assert f == 0.5 and res.inst.shape == (160, 200)
@@ -220,7 +220,7 @@ def test_image_prediction_resamples_and_maps_back(tmp_path: Path, hgsc: Labelled
 
 
 def test_slide_prediction_says_its_mpp(tmp_path: Path, cmu_slide: Path) -> None:
-    pred = NucleiPredictor(ThresholdNucleiModel(), window=128, overlap=32, progress=False)
+    pred = NucleiPredictor(ClassicalNuclei(), window=128, overlap=32, progress=False)
     notes: list[str] = []
     r = predict_slide(
         pred,

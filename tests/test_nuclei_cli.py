@@ -51,12 +51,18 @@ def config(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
     return path
 
 
-def test_train_predict_evaluate(
-    config: Path, tmp_path: Path, data_dir: Path, cmu_slide: Path
-) -> None:
+@pytest.fixture(scope="module")
+def trained(config: Path) -> Path:
+    """``nuclei train`` of the tiny config (2 steps): its ``nuclei.pt``."""
     run = Path(yaml.safe_load(config.read_text())["train"]["out_dir"])
     assert main(["nuclei", "train", str(config), "--no-progress"]) == 0
-    ckpt = run / "nuclei.pt"
+    return run / "nuclei.pt"
+
+
+def test_train_predict_evaluate(
+    config: Path, trained: Path, tmp_path: Path, data_dir: Path, cmu_slide: Path
+) -> None:
+    run, ckpt = trained.parent, trained
     assert ckpt.is_file() and (run / "metrics.jsonl").read_text().count("\n") >= 1
     val = json.loads((run / "val_metrics.json").read_text())
     assert 0.0 <= val["pq"] <= 1.0 or np.isnan(val["pq"])
@@ -92,7 +98,7 @@ def test_train_predict_evaluate(
                 "nuclei",
                 "predict",
                 str(cmu_slide),
-                "--checkpoint",
+                "--model",
                 str(ckpt),
                 "--out",
                 str(out),
@@ -115,7 +121,7 @@ def test_train_predict_evaluate(
     shutil.copy(tmp_path / "tile.png", batch / "tile.png")
     shutil.copy(data_dir / "slides" / "synthetic-small.svs", batch / "small.svs")
     shutil.copy(data_dir / "slides" / "broken.svs", batch / "broken.svs")
-    args = ["nuclei", "predict", str(batch), "--checkpoint", str(ckpt), "--no-progress"]
+    args = ["nuclei", "predict", str(batch), "--model", str(ckpt), "--no-progress"]
     out2 = tmp_path / "pred2"
     assert main([*args, "--out", str(out2), "--assume-mpp", "0.5"]) == 1  # one input failed
     rows = manifest(out2)
@@ -132,6 +138,73 @@ def test_train_predict_evaluate(
     assert main([*args, "--out", str(out2), "--assume-mpp", "0.5", "--force"]) == 0
     rows = manifest(out2)
     assert set(rows) == {"tile", "small"} and rows["tile"]["status"] == "done"
+
+
+def test_tiff_tiles_are_images_and_tiled_tiffs_slides(tmp_path: Path, data_dir: Path) -> None:
+    """openslide's own detection decides: MoNuSeg's stripped RGB TIFF is an image tile (read
+    whole, at --mpp, the input's), the pyramidal generic TIFF a slide."""
+    from pathssl.nuclei.batch import find_inputs
+
+    tile = data_dir / "nuclei" / "monuseg-train" / "TCGA-B0-5698-01Z-00-DX1.tif"
+    boxes = data_dir / "slides" / "synthetic-boxes.tiff"
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(tile, folder / tile.name)
+    shutil.copy(boxes, folder / boxes.name)
+    kinds = {sid: kind for sid, _, kind in find_inputs([folder])}
+    assert kinds == {"TCGA-B0-5698-01Z-00-DX1": "image", "synthetic-boxes": "slide"}
+    assert find_inputs([tile])[0][2] == "image" and find_inputs([boxes])[0][2] == "slide"
+
+    out = tmp_path / "pred"
+    args = ["nuclei", "predict", str(folder), "--model", "classical", "--out", str(out)]
+    assert main([*args, "--mpp", "0.252", "--assume-mpp", "0.5", "--no-progress"]) == 0
+    rows = manifest(out)
+    assert rows["TCGA-B0-5698-01Z-00-DX1"]["kind"] == "image"
+    assert rows["synthetic-boxes"]["kind"] == "slide"
+    maps = np.load(out / "TCGA-B0-5698-01Z-00-DX1.npz")
+    assert maps["inst"].shape == (1000, 1000)  # the input's pixels, not the model's 0.5 um/px
+    n = int(rows["TCGA-B0-5698-01Z-00-DX1"]["nuclei"])
+    assert 200 < n < 400  # 357 drawn by hand (test_nuclei_classical checks where)
+    doc = json.loads((out / "TCGA-B0-5698-01Z-00-DX1.geojson").read_text())
+    assert qupath_problems(doc, ["nucleus"]) == [] and len(doc["features"]) == n
+    xy = np.concatenate([np.asarray(f["geometry"]["coordinates"][0]) for f in doc["features"]])
+    assert xy.max() > 900  # polygons in the tile's 1000 px frame
+
+
+def test_predict_options_of_a_checkpoint(trained: Path, tmp_path: Path, data_dir: Path) -> None:
+    """--tta / --stain-norm defaults come from the checkpoint; asking for what a model cannot
+    do is a usage error (exit code 2) before any work."""
+    import torch
+
+    from pathssl.nuclei.batch import load_predictor
+    from pathssl.nuclei.stain_norm import fit_reference
+
+    img = cv2.imread(str(data_dir / "nuclei" / "hgsc_nest.jpg"))[:96, :128]
+    cv2.imwrite(str(tmp_path / "tile.png"), img)
+    plain = load_predictor(trained, progress=False)
+    assert plain.predictor.stain is None and not plain.predictor.tta
+    assert "no stain norm" in plain.description and "no TTA" in plain.description
+    ckpt = torch.load(trained, map_location="cpu", weights_only=True)
+    ckpt["meta"]["stain_reference"] = fit_reference(
+        [np.ascontiguousarray(img[..., ::-1])], "reinhard"
+    )
+    ckpt["meta"]["config"]["predict"]["tta"] = True
+    torch.save(ckpt, tmp_path / "with_ref.pt")
+    loaded = load_predictor(tmp_path / "with_ref.pt", progress=False)
+    assert loaded.predictor.stain is not None and loaded.predictor.tta
+    assert "stain norm reinhard" in loaded.description and "dihedral TTA" in loaded.description
+    off = load_predictor(tmp_path / "with_ref.pt", tta=False, stain_norm=False, progress=False)
+    assert off.predictor.stain is None and not off.predictor.tta
+
+    base = ["nuclei", "predict", str(tmp_path / "tile.png"), "--no-progress"]
+    out = tmp_path / "a"
+    assert main([*base, "--model", str(tmp_path / "with_ref.pt"), "--out", str(out)]) == 0
+    assert np.load(out / "tile.npz")["inst"].shape == (96, 128)
+    # not possible: TTA of the classical model, stain normalisation without a reference
+    assert main([*base, "--model", "classical", "--tta", "--out", str(tmp_path / "b")]) == 2
+    assert main([*base, "--model", str(trained), "--stain-norm", "--out", str(tmp_path / "c")]) == 2
+    assert main([*base, "--model", str(tmp_path / "none.pt"), "--out", str(tmp_path / "d")]) == 2
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
 
 
 def manifest(out: Path) -> dict[str, dict[str, str]]:
@@ -218,7 +291,7 @@ def test_evaluate_ground_truth_against_itself(
     )
 
 
-def test_label_efficiency(config: Path) -> None:
+def test_label_efficiency(config: Path, trained: Path) -> None:
     run = Path(yaml.safe_load(config.read_text())["train"]["out_dir"])
     assert (
         main(["nuclei", "label-efficiency", str(config), "fractions=[0.25, 1.0]", "--no-progress"])

@@ -4,13 +4,19 @@
     train per a YAML config (``configs/nuclei/*.yaml``): writes ``OUT_DIR/nuclei.pt`` and
     ``metrics.jsonl``; with held-apart data (``data.val_region``) prints its metrics.
     Library: ``pathssl.nuclei.train.train_nuclei(cfg)``.
-``pathssl nuclei predict IMAGE_OR_SLIDE_OR_FOLDER... --checkpoint nuclei.pt --out OUT_DIR``
-    an image (.png/.jpg, at the model's mpp unless ``--mpp``): ``ID.npz`` (``inst``, ``types``
-    maps), ``ID.geojson`` and ``ID_overlay.png``; a slide: ``ID.geojson`` (QuPath detections,
-    level-0 coordinates) and ``ID_overlay.png``, streamed window by window. Folders are searched
-    recursively; a failed input is reported and the rest go on (exit code 1); inputs whose
-    outputs exist are skipped (``--force``); ``nuclei_manifest.csv`` lists every input.
-    Library: ``pathssl.nuclei.batch.predict_inputs``, ``pathssl.nuclei.predict.predict_slide``.
+``pathssl nuclei predict IMAGE_OR_SLIDE_OR_FOLDER... --model nuclei.pt|classical --out OUT_DIR``
+    ``--model``: a trained ``nuclei.pt`` (``--checkpoint`` is the same option) or ``classical``,
+    the training-free baseline (haematoxylin threshold + watershed, sizes in micrometres). An
+    image (.png/.jpg/.bmp, or a .tif/.tiff that openslide does not recognise as a slide): read at
+    ``--mpp`` (the INPUT's um/px; default: the model's), resampled to the model's mpp, outputs in
+    the input's pixels: ``ID.npz`` (``inst``, ``types`` maps), ``ID.geojson`` and
+    ``ID_overlay.png``; a slide: ``ID.geojson`` (QuPath detections, level-0 coordinates) and
+    ``ID_overlay.png``, streamed window by window. ``--tta`` / ``--no-tta``: dihedral test-time
+    augmentation (default: the checkpoint's ``predict.tta``); ``--no-stain-norm``: skip the
+    normalisation to the checkpoint's stain reference. Folders are searched recursively; a
+    failed input is reported and the rest go on (exit code 1); inputs whose outputs exist are
+    skipped (``--force``); ``nuclei_manifest.csv`` lists every input.
+    Library: ``pathssl.nuclei.batch.load_predictor`` and ``predict_inputs``.
 ``pathssl nuclei evaluate --pred A.npz [B.npz ...] --true A_true.npz [...] [--out m.json]``
     JSON metrics: PQ/SQ/DQ, per-class PQ and CoNIC mPQ+, AJI, AJI+, Dice, DICE2, detection F1
     (``--radius``, 12 px). ``.npz`` files hold ``inst`` and ``types`` (or ``nuc_raster``;
@@ -42,11 +48,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--print-config", action="store_true", help="print the resolved config, exit")
     p = sub.add_parser("predict", help="nuclei of images and whole-slide images")
-    p.add_argument("input", nargs="+", help="images (.png/.jpg), slides, or folders of them")
+    p.add_argument(
+        "input", nargs="+", help="images (.png/.jpg/.tif tiles), slides, or folders of them"
+    )
     p.add_argument("--force", action="store_true", help="redo inputs whose outputs exist")
-    p.add_argument("--checkpoint", required=True, help="nuclei checkpoint (nuclei.pt)")
+    p.add_argument(
+        "--model",
+        "--checkpoint",
+        dest="model",
+        required=True,
+        help="a nuclei checkpoint (nuclei.pt) or 'classical' (training-free baseline)",
+    )
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--mpp", type=float, default=None, help="image um/px (default: the model's)")
+    p.add_argument(
+        "--mpp", type=float, default=None, help="the input images' um/px (default: the model's)"
+    )
+    p.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="dihedral test-time augmentation (default: the checkpoint's predict.tta)",
+    )
+    p.add_argument(
+        "--stain-norm",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="normalise inputs to the checkpoint's stain reference (default: on when it has one)",
+    )
     p.add_argument("--assume-mpp", type=float, default=None, help="slide mpp when not recorded")
     p.add_argument("--region", type=int, nargs=4, metavar=("X", "Y", "W", "H"), default=None)
     p.add_argument("--window", type=int, default=None)
@@ -180,42 +208,47 @@ def _train(args: argparse.Namespace) -> int:
             f"{cfg.train.monitor}); the scores below are on the images that selected them"
         )
     out = Path(cfg.train.out_dir) / "val_metrics.json"
-    scores = held_apart_scores(res.model, cfg, float(res.meta["mpp"]), out)  # the model's mpp
+    mpp, ref = float(res.meta["mpp"]), res.meta.get("stain_reference")
+    scores = held_apart_scores(res.model, cfg, mpp, out, stain_reference=ref)
     if scores is not None:
-        print(json.dumps({k: scores[k] for k in ("pq", "mpq_plus", "aji", "f1_detection")}))
+        keys = ("pq", "aji", "f1_detection")
+        parts = {"all": scores, **scores.get("per_source", {})}
+        for name, s in parts.items():
+            ours = " ".join(f"{k} {s[k]:.3f}" for k in keys)
+            base = s.get("classical") or {}
+            theirs = " ".join(f"{k} {base[k]:.3f}" for k in keys if k in base)
+            print(f"held apart ({name}): model {ours} | classical {theirs}")
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from pathssl.nuclei.batch import predict_inputs
-    from pathssl.nuclei.postprocess import PostProcessConfig
-    from pathssl.nuclei.predict import NucleiPredictor
-    from pathssl.nuclei.train import load_nuclei_model
+    from pathssl.nuclei.batch import load_predictor, predict_inputs
     from pathssl.train.distributed import pick_device
 
     _check_predict_args(args)
-    device = pick_device(args.device)
-    model, meta = load_nuclei_model(args.checkpoint, str(device))
-    pcfg = meta["config"]["predict"]
-    window = pcfg["window"] if args.window is None else args.window
-    overlap = pcfg["overlap"] if args.overlap is None else args.overlap
-    if not 0 <= overlap < window:
-        raise UsageError(f"--overlap must be in [0, window {window}), got {overlap}")
-    predictor = NucleiPredictor(
-        model,
-        window=window,
-        overlap=overlap,
-        batch_size=pcfg["batch_size"] if args.batch_size is None else args.batch_size,
-        device=device,
-        postprocess_cfg=PostProcessConfig(**meta["config"]["postprocess"]),
-        progress=not args.no_progress,
-    )
+    try:
+        loaded = load_predictor(
+            args.model,
+            pick_device(args.device),
+            window=args.window,
+            overlap=args.overlap,
+            batch_size=args.batch_size,
+            tta=args.tta,
+            stain_norm=args.stain_norm,
+            progress=not args.no_progress,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    pred = loaded.predictor
+    if not 0 <= pred.overlap < pred.window:
+        raise UsageError(f"--overlap must be in [0, window {pred.window}), got {pred.overlap}")
+    print(f"model: {loaded.description}", flush=True)
     rows = predict_inputs(
-        predictor,
+        pred,
         args.input,
         args.out,
-        list(meta["type_names"]),
-        float(meta["mpp"]),
+        loaded.type_names,
+        loaded.mpp,
         image_mpp=args.mpp,
         region=tuple(args.region) if args.region else None,
         assume_mpp=args.assume_mpp,
@@ -232,7 +265,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _check_predict_args(args: argparse.Namespace) -> None:
     """Bad numbers, inputs without an image or slide, and an output folder that may not be
     written are refused before the model is loaded (``UsageError``: exit code 2)."""
-    from pathssl.nuclei.batch import check_predict_output, find_inputs
+    from pathssl.nuclei.batch import CLASSICAL, check_predict_output, find_inputs
 
     for name in ("mpp", "assume_mpp"):
         value = getattr(args, name)
@@ -246,13 +279,15 @@ def _check_predict_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.region is not None and (min(args.region[:2]) < 0 or min(args.region[2:]) < 1):
         raise UsageError(f"--region X Y W H needs X, Y >= 0 and W, H >= 1, got {args.region}")
-    if not Path(args.checkpoint).is_file():
-        raise UsageError(f"--checkpoint {args.checkpoint}: no such file; give a nuclei.pt")
+    classical = args.model == CLASSICAL
+    if not classical and not Path(args.model).is_file():
+        raise UsageError(f"--model {args.model}: no such file; give a nuclei.pt or '{CLASSICAL}'")
     if not find_inputs(args.input):
         raise UsageError(
-            f"no image (.png/.jpg/.bmp) or slide in {' '.join(args.input)}; check the inputs"
+            f"no image (.png/.jpg/.bmp) or slide (or .tif tile) in {' '.join(args.input)}; "
+            "check the inputs"
         )
-    check_predict_output(args.out, args.input, args.checkpoint)
+    check_predict_output(args.out, args.input, None if classical else args.model)
 
 
 def load_pannuke_truth(folder: str | Path) -> tuple[list[tuple[Any, Any]], list[str]]:

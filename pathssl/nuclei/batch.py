@@ -2,13 +2,19 @@
 skips what is done.
 
 ``predict_inputs(predictor, ["slides/", "tile.png"], "pred/", type_names, model_mpp)``: folders are
-searched recursively (slides as ``pathssl tile`` finds them, images by extension). Per input it
+searched recursively. Images (``.png``, ``.jpg``, ``.jpeg``, ``.bmp``) are images; slides are what
+``pathssl tile`` finds, except that a ``.tif``/``.tiff`` file is a slide only when openslide
+recognises it (``openslide.OpenSlide.detect_format``: tiled, pyramidal or vendor TIFF) and an
+image tile otherwise (e.g. MoNuSeg's stripped 1000 x 1000 RGB TIFFs), read whole. Per input it
 writes ``<id>.geojson`` + ``<id>_overlay.png`` (+ ``<id>.npz`` instance/type maps for images),
 each to a temporary name then renamed, so a killed run leaves no torn file; an input whose outputs
 all exist is skipped unless ``force``. Returns one record per input (``status`` done | skipped |
 failed, ``error``), also written to ``<out>/nuclei_manifest.csv``. The output folder is checked
 first (:func:`check_predict_output`): new, empty or an earlier predict output (it has
 ``nuclei_manifest.csv``), never an input, inside one or holding one.
+
+:func:`load_predictor` turns ``--model`` (``classical`` or a ``nuclei.pt``) into a predictor with
+the model's mpp, type names, window settings, test-time augmentation and stain normalisation.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +41,18 @@ from tiling.atomic import atomic_path, atomic_write
 from tiling.outputs import check_output_dir
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+TIFF_SUFFIXES = {".tif", ".tiff"}
+
+
+def is_image_file(path: Path) -> bool:
+    """Whether ``path`` is read as one image: a PNG/JPEG/BMP, or a TIFF that openslide does not
+    recognise as a slide (``detect_format`` None: a plain, stripped TIFF tile)."""
+    import openslide
+
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return True
+    return suffix in TIFF_SUFFIXES and openslide.OpenSlide.detect_format(str(path)) is None
 
 
 def find_inputs(inputs: Sequence[str | Path]) -> list[tuple[str, Path, str]]:
@@ -43,11 +62,13 @@ def find_inputs(inputs: Sequence[str | Path]) -> list[tuple[str, Path, str]]:
     found: list[tuple[str, Path, str]] = []
     for raw in inputs:
         p = Path(raw)
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+        if p.is_file() and is_image_file(p):
             found.append((p.stem, p, "image"))
             continue
         slides, ignored = discover_slides([p])
-        found.extend((s.slide_id, s.path, "slide") for s in slides)
+        for s in slides:
+            image = len(s.files) == 1 and is_image_file(s.path)
+            found.append((s.path.stem, s.path, "image") if image else (s.slide_id, s.path, "slide"))
         found.extend((q.stem, q, "image") for q in ignored if q.suffix.lower() in IMAGE_SUFFIXES)
     seen: dict[str, int] = {}
     out = []
@@ -179,3 +200,82 @@ def _write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
     w.writeheader()
     w.writerows(rows)
     atomic_write(path, buf.getvalue())
+
+
+CLASSICAL = "classical"
+
+
+@dataclass
+class LoadedPredictor:
+    """A predictor and what prediction needs to know of its model: ``mpp`` (the resolution it
+    works at), ``type_names`` (one per type id 1..T) and a one-line ``description``."""
+
+    predictor: NucleiPredictor
+    mpp: float
+    type_names: list[str]
+    description: str
+
+
+def load_predictor(
+    model: str | Path,
+    device: str | Any = "cpu",
+    *,
+    window: int | None = None,
+    overlap: int | None = None,
+    batch_size: int | None = None,
+    tta: bool | None = None,
+    stain_norm: bool | None = None,
+    progress: bool = True,
+) -> LoadedPredictor:
+    """``model``: ``"classical"`` (:class:`pathssl.nuclei.classical.ClassicalNuclei`, 0.5
+    um/px, its own window defaults; no TTA, no stain normalisation) or the path of a
+    ``nuclei.pt`` (its ``predict`` and ``postprocess`` config; stain normalisation to its
+    ``meta["stain_reference"]`` when it has one and ``predict.stain_norm`` is on). ``None``
+    keeps those defaults; ``tta`` / ``stain_norm`` given explicitly override them, and asking
+    for what the model cannot do (TTA on the classical model, stain normalisation without a
+    reference) is a ``ValueError`` saying so."""
+    from pathssl.nuclei.classical import ClassicalNuclei
+    from pathssl.nuclei.postprocess import PostProcessConfig
+    from pathssl.nuclei.stain_norm import normalizer
+    from pathssl.nuclei.train import load_nuclei_model
+
+    if str(model) == CLASSICAL:
+        if tta:
+            raise ValueError("--tta: the classical model has no network outputs to merge")
+        if stain_norm:
+            raise ValueError("--stain-norm: the classical model has no training stain reference")
+        cl = ClassicalNuclei()
+        predictor = NucleiPredictor(
+            cl,
+            window=cl.window if window is None else window,
+            overlap=cl.overlap if overlap is None else overlap,
+            batch_size=4 if batch_size is None else batch_size,
+            progress=progress,
+        )
+        what = f"classical (training-free: H threshold + watershed) at {cl.mpp:g} um/px"
+        return LoadedPredictor(predictor, cl.mpp, list(cl.type_names), what)
+    net, meta = load_nuclei_model(model, str(device))
+    pcfg, mpp = meta["config"]["predict"], float(meta["mpp"])
+    ref = meta.get("stain_reference")
+    use_stain = pcfg.get("stain_norm", True) if stain_norm is None else stain_norm
+    if stain_norm and ref is None:
+        raise ValueError(
+            f"--stain-norm: {model} stores no stain reference (trained with model.stain_norm "
+            "none); omit the option"
+        )
+    use_tta = bool(pcfg.get("tta", False)) if tta is None else tta
+    predictor = NucleiPredictor(
+        net,
+        window=pcfg["window"] if window is None else window,
+        overlap=pcfg["overlap"] if overlap is None else overlap,
+        batch_size=pcfg["batch_size"] if batch_size is None else batch_size,
+        device=device,
+        postprocess_cfg=PostProcessConfig(**meta["config"]["postprocess"]),
+        progress=progress,
+        tta=use_tta,
+        stain=normalizer(ref) if ref is not None and use_stain else None,
+    )
+    extras = [f"stain norm {ref['method']}" if ref is not None and use_stain else "no stain norm"]
+    extras.append("dihedral TTA" if use_tta else "no TTA")
+    what = f"{model}: {meta['backbone']} at {mpp:g} um/px, {', '.join(extras)}"
+    return LoadedPredictor(predictor, mpp, list(meta["type_names"]), what)

@@ -19,10 +19,88 @@ from pathssl.config import ConfigError, from_dict, load
 from pathssl.nuclei.postprocess import PostProcessConfig
 from pathssl.train.config import LoopConfig, OptimConfig
 
+SOURCE_FORMATS = ("imagescope", "geojson", "mask", "mat", "npz", "pannuke")
+SPLITS = ("image", "organ", "patient")
+
+
+@dataclass
+class SourceConfig:
+    """One labelled dataset of ``data.sources`` (read by :mod:`pathssl.nuclei.sources`).
+
+    ``format``: ``imagescope`` (Aperio XML polygons), ``geojson`` (QuPath polygons), ``mask``
+    (binary masks: instances = connected components), ``mat`` (HoVer-Net/CoNSeP), ``npz`` (one
+    image + instance ``labels`` + ``types`` .npz), ``pannuke`` (a fold folder). ``path``: the
+    folder (or one label file; npz: the image). ``labels`` / ``images``: globs under ``path``,
+    paired by file stem (defaults per format: :data:`pathssl.nuclei.sources.LAYOUTS`).
+    ``mpp``: micrometres per pixel of images whose files record none (a file's own value wins).
+    ``type_map``: class name (polygons) or stored type id (mat, npz, pannuke) -> type id
+    1..len(data.type_names); empty: every nucleus type 1. ``weight``: the source's share of the
+    training crops (relative to the other sources'; within a source by image area).
+    ``licence``: recorded in ``nuclei.pt`` with the images used. ``organ``: for images whose
+    name does not tell it (TCGA names do). Held apart: whole images grouped by ``split``
+    (``image`` name, ``organ``, ``patient``): the groups listed in ``val``, else a seeded
+    ``val_fraction`` of the groups (1.0: an evaluation-only source). ``limit``: first N images.
+    """
+
+    format: str = ""
+    path: str = ""
+    labels: str = ""
+    images: str = ""
+    types: str = ""
+    mpp: float | None = None
+    type_map: dict[str, int] = field(default_factory=dict)
+    weight: float = 1.0
+    licence: str = ""
+    organ: str = ""
+    split: str = "image"
+    val: list[str] = field(default_factory=list)
+    val_fraction: float = 0.0
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        self.type_map = {str(k): v for k, v in (self.type_map or {}).items()}
+
+    def check(self, where: str, n_types: int) -> None:
+        if self.format not in SOURCE_FORMATS:
+            raise ConfigError(
+                f"{where}.format: {self.format!r} is not one of {', '.join(SOURCE_FORMATS)}"
+            )
+        if not self.path:
+            raise ConfigError(f"{where}.path is not set")
+        if self.split not in SPLITS:
+            raise ConfigError(f"{where}.split: {self.split!r} is not one of {', '.join(SPLITS)}")
+        if not 0 <= self.val_fraction <= 1:
+            raise ConfigError(f"{where}.val_fraction must be in [0, 1], got {self.val_fraction}")
+        if self.val and self.val_fraction:
+            raise ConfigError(f"{where}: set val (the groups held apart) or val_fraction, not both")
+        if not self.weight > 0:
+            raise ConfigError(f"{where}.weight must be > 0, got {self.weight}")
+        if self.mpp is not None and not self.mpp > 0:
+            raise ConfigError(f"{where}.mpp must be > 0 micrometres per pixel, got {self.mpp}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"{where}.limit must be >= 1 or null, got {self.limit}")
+        for k, v in self.type_map.items():
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= n_types:
+                raise ConfigError(
+                    f"{where}.type_map[{k!r}]: {v!r} is not a type id 1..{n_types} "
+                    "(one per data.type_names)"
+                )
+
+
+# the one-dataset keys, which data.sources replaces
+LEGACY_KEYS = (
+    "format", "image", "inst", "types", "labels", "folder", "val_folder", "train_region",
+    "val_region", "val_fraction", "type_lut", "mpp", "limit",
+)  # fmt: skip
+
 
 @dataclass
 class DataConfig:
-    """``format``: ``npz`` (image + instance/type .npz), ``pannuke`` (a fold folder) or ``mat``
+    """Many datasets: ``sources``, a mapping of names to :class:`SourceConfig` (override one
+    key with ``data.sources.NAME.KEY=VALUE``), held apart per source, split with ``seed``.
+
+    One dataset (the older keys, when ``sources`` is empty): ``format``: ``npz`` (image +
+    instance/type .npz), ``pannuke`` (a fold folder) or ``mat``
     (CoNSeP/Lizard: ``image`` + ``labels`` .mat, or a ``folder`` with ``Images/`` + ``Labels/``).
 
     Held-apart images: ``val_folder`` (a second PanNuke fold or CoNSeP-style folder, e.g. the
@@ -53,6 +131,18 @@ class DataConfig:
     batch_size: int = 4
     crop: int = 256
     num_workers: int = 0
+    sources: dict[str, SourceConfig] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.sources = {
+            str(name): src if isinstance(src, SourceConfig) else _source(name, src)
+            for name, src in (self.sources or {}).items()
+        }
+
+
+def _source(name: str, values: Any) -> SourceConfig:
+    src: SourceConfig = from_dict(SourceConfig, values, f"data.sources.{name}")
+    return src
 
 
 @dataclass
@@ -216,6 +306,17 @@ def check(cfg: NucleiConfig) -> None:
     for key, value in (("data.mpp", d.mpp), ("model.mpp", cfg.model.mpp)):
         if value is not None and not value > 0:
             raise ConfigError(f"{key} must be > 0 micrometres per pixel, got {value}")
+    if d.sources:
+        defaults = DataConfig()
+        mixed = [k for k in LEGACY_KEYS if getattr(d, k) != getattr(defaults, k)]
+        if mixed:
+            raise ConfigError(
+                f"data.{mixed[0]} is a key of the one-dataset layout; with data.sources set it "
+                "in each source (data.sources.NAME.*) and the model's mpp in model.mpp",
+                f"data.{mixed[0]}",
+            )
+        for name, src in d.sources.items():
+            src.check(f"data.sources.{name}", len(d.type_names))
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> NucleiConfig:

@@ -1,7 +1,8 @@
 """Nuclei datasets: labelled images in memory and random training crops with targets.
 
-A :class:`LabelledImage` is an RGB image ``(H, W, 3)`` uint8 with an instance map ``(H, W)``
-(0 = background, one id per nucleus) and a type map ``(H, W)`` (0 = background, 1..T). Loaders:
+A :class:`~pathssl.nuclei.labelled.LabelledImage` (an RGB image with its instance and type maps
+and its mpp; :func:`~pathssl.nuclei.labelled.resample`, :func:`~pathssl.nuclei.labelled.read_rgb`:
+re-exported here) is what every loader gives. Loaders:
 
 * PanNuke (Gamper et al. 2020): ``images.npy`` ``(N, 256, 256, 3)``, ``masks.npy``
   ``(N, 256, 256, 6)`` with one instance channel per class (neoplastic, inflammatory,
@@ -10,9 +11,9 @@ A :class:`LabelledImage` is an RGB image ``(H, W, 3)`` uint8 with an instance ma
   either ``type_map`` (CoNSeP) or per-nucleus ``id`` + ``class`` (Lizard), with the image file;
 * an image file + instance/type ``.npz`` pair (``hgsc_nest*``; key ``nuc_raster``).
 
-Every image carries its resolution (``mpp``, micrometres per pixel: from the file where it records
-one, else the caller's config value, else None); :func:`resample` takes an image and its maps to
-another mpp (the model's).
+Polygon annotations (Aperio ImageScope XML, QuPath GeoJSON) and binary masks are read by
+:mod:`pathssl.nuclei.readers`; many datasets become one training set in
+:mod:`pathssl.nuclei.sources`.
 
 :class:`NucleiCropDataset` draws a random crop and one dihedral transform, applies that ONE draw
 to the image and both maps together (``pathssl.augment.Dihedral``, an albumentations
@@ -21,104 +22,38 @@ to the image and both maps together (``pathssl.augment.Dihedral``, an albumentat
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from pathssl.nuclei.labelled import LabelledImage, read_rgb, resample, resize_labels
 from pathssl.nuclei.targets import make_targets
+
+__all__ = [
+    "ImageSet",
+    "LabelledImage",
+    "NucleiCropDataset",
+    "PanNukeFold",
+    "image_keys",
+    "image_shapes",
+    "joined",
+    "load_mat_folder",
+    "load_mat_image",
+    "load_mat_labels",
+    "load_npz_pair",
+    "load_pannuke",
+    "pannuke_maps",
+    "read_rgb",
+    "resample",
+    "resize_labels",
+]
 
 PANNUKE_TYPES = ("neoplastic", "inflammatory", "connective", "dead", "epithelial")
 HGSC_TYPES = ("connective", "inflammatory", "neoplastic")
-
-
-@dataclass
-class LabelledImage:
-    """One labelled image; ``name`` for reports, ``tissue`` for PanNuke's per-tissue scores."""
-
-    image: NDArray[np.uint8]
-    inst: NDArray[np.int32]
-    types: NDArray[np.int32]
-    name: str = ""
-    tissue: str = ""
-    origin: tuple[int, int] = (0, 0)  # (x, y) of a region in the image it was cut from
-    mpp: float | None = None  # micrometres per pixel (None: not recorded)
-
-    def __post_init__(self) -> None:
-        h, w = self.image.shape[:2]
-        if self.image.ndim != 3 or self.image.shape[2] != 3 or self.image.dtype != np.uint8:
-            raise ValueError(f"{self.name}: image must be (H, W, 3) uint8, got {self.image.shape}")
-        if self.inst.shape != (h, w) or self.types.shape != (h, w):
-            raise ValueError(f"{self.name}: maps {self.inst.shape}/{self.types.shape} != {(h, w)}")
-
-    def region(self, x: int, y: int, w: int, h: int) -> LabelledImage:
-        """The sub-image ``[y:y+h, x:x+w]`` (views, no copy)."""
-        sl = np.s_[y : y + h, x : x + w]
-        origin = (self.origin[0] + x, self.origin[1] + y)
-        return LabelledImage(
-            self.image[sl], self.inst[sl], self.types[sl], self.name, self.tissue, origin, self.mpp
-        )
-
-    def with_types(self, types: NDArray[np.int32]) -> LabelledImage:
-        """The same image and instances with another type map."""
-        return LabelledImage(
-            self.image, self.inst, types, self.name, self.tissue, self.origin, self.mpp
-        )
-
-
-def resize_labels(labels: NDArray[np.int32], width: int, height: int) -> NDArray[np.int32]:
-    """An instance or type map ``(H, W)`` -> ``(height, width)`` by nearest neighbour, pixel
-    centres aligned (``INTER_NEAREST_EXACT``, the grid the image's area/linear resize uses)."""
-    import cv2
-
-    if labels.shape == (height, width):
-        return labels
-    out = cv2.resize(
-        np.ascontiguousarray(labels, np.int32),
-        (width, height),
-        interpolation=cv2.INTER_NEAREST_EXACT,
-    )
-    return np.asarray(out, np.int32)
-
-
-def resample(im: LabelledImage, mpp: float, shape: tuple[int, int] | None = None) -> LabelledImage:
-    """``im`` taken to ``mpp`` micrometres per pixel: size ``round((W, H) * im.mpp / mpp)`` (or
-    ``shape`` ``(H, W)``, e.g. an image's own size when mapping back), the image by area
-    interpolation when shrinking and linear when enlarging (:func:`tiling.slide.resize_rgb`),
-    instance and type maps by nearest neighbour with pixel centres aligned (nuclei smaller than a
-    pixel may vanish when shrinking; ids are kept). ``origin`` is scaled too."""
-    from tiling.slide import resize_rgb
-
-    if im.mpp is None:
-        raise ValueError(f"{im.name}: no mpp recorded; set data.mpp to resample it")
-    f = im.mpp / mpp  # new px per old px
-    h, w = im.image.shape[:2]
-    nw, nh = max(1, int(round(w * f))), max(1, int(round(h * f)))
-    if shape is not None:
-        nh, nw = shape
-    origin = (int(round(im.origin[0] * f)), int(round(im.origin[1] * f)))
-    return LabelledImage(
-        resize_rgb(im.image, nw, nh),
-        resize_labels(im.inst, nw, nh),
-        resize_labels(im.types, nw, nh),
-        im.name,
-        im.tissue,
-        origin,
-        float(mpp),
-    )
-
-
-def read_rgb(path: str | Path) -> NDArray[np.uint8]:
-    """An image file as ``(H, W, 3)`` RGB uint8."""
-    import cv2
-
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise FileNotFoundError(f"cannot read image {path}")
-    return np.ascontiguousarray(bgr[..., ::-1])
 
 
 def load_npz_pair(
@@ -137,13 +72,28 @@ def load_npz_pair(
 
 
 def load_mat_labels(path: str | Path) -> tuple[NDArray[np.int32], NDArray[np.int32]]:
-    """CoNSeP/Lizard ``.mat`` labels -> (instance map, type map)."""
+    """CoNSeP/Lizard/HoVer-Net ``.mat`` labels -> (instance map, type map): ``type_map``
+    (CoNSeP), else per-nucleus ``id`` + ``class`` (Lizard), else ``inst_type`` (HoVer-Net's
+    output: one type per instance, for ``inst_uid`` or the instance ids in increasing order),
+    else every nucleus type 1."""
     from scipy.io import loadmat
 
     mat = loadmat(str(path))
+    if "inst_map" not in mat:
+        raise ValueError(f"{path}: no inst_map (keys: {sorted(k for k in mat if k[0] != '_')})")
     inst = np.asarray(mat["inst_map"]).astype(np.int32)
     if "type_map" in mat:  # CoNSeP
         types = np.asarray(mat["type_map"]).astype(np.int32)
+    elif "inst_type" in mat:  # HoVer-Net output
+        per = np.asarray(mat["inst_type"]).ravel().astype(np.int32)
+        uid = mat.get("inst_uid")
+        ids = np.asarray(uid).ravel() if uid is not None else np.unique(inst[inst > 0])
+        if len(ids) != len(per):
+            raise ValueError(f"{path}: {len(per)} inst_type values for {len(ids)} instances")
+        lut = np.zeros(int(inst.max()) + 1, np.int32)
+        keep = ids <= inst.max()
+        lut[ids[keep].astype(np.int64)] = per[keep]
+        types = lut[inst]
     elif "class" in mat and "id" in mat:  # Lizard: class of each listed instance id
         lut = np.zeros(int(inst.max()) + 1, np.int32)
         ids = np.asarray(mat["id"]).ravel().astype(np.int64)
@@ -214,6 +164,7 @@ class PanNukeFold(Sequence[LabelledImage]):
     ) -> None:
         self.folder = Path(folder)
         self.mpp = mpp
+        self.source = ""  # the data.sources key, stamped on each image
         self.resample_to: float | None = None
         self.type_lut = None if type_lut is None else np.asarray(type_lut, np.int32)
         for name in ("images.npy", "masks.npy"):
@@ -264,6 +215,10 @@ class PanNukeFold(Sequence[LabelledImage]):
     def tissue(self, i: int) -> str:
         return self.all_tissues[self.rows[i]] if self.all_tissues is not None else ""
 
+    def source_names(self) -> list[tuple[str, str]]:
+        """``(source, name)`` of every image, without reading one."""
+        return [(self.source, f"{self.folder.name}/{j}") for j in self.rows]
+
     def subset(self, positions: Sequence[int]) -> PanNukeFold:
         out = PanNukeFold.__new__(PanNukeFold)
         out.__dict__.update(self.__dict__)
@@ -277,7 +232,7 @@ class PanNukeFold(Sequence[LabelledImage]):
             types = self.type_lut[types]
         img = np.clip(np.asarray(self.images[j]), 0, 255).astype(np.uint8)
         name = f"{self.folder.name}/{j}"
-        im = LabelledImage(img, inst, types, name, self.tissue(i), mpp=self.mpp)
+        im = LabelledImage(img, inst, types, name, self.tissue(i), mpp=self.mpp, source=self.source)
         return im if self.resample_to is None else resample(im, self.resample_to)
 
 
@@ -288,8 +243,55 @@ def load_pannuke(
     return list(PanNukeFold(folder, limit, mpp=mpp))
 
 
+class ImageSet(Sequence[LabelledImage]):
+    """Several image sequences (lists, lazy :class:`PanNukeFold` s) as one, still lazy: what
+    many ``data.sources`` train on together."""
+
+    def __init__(self, parts: Sequence[Sequence[LabelledImage]]) -> None:
+        self.parts = [p for p in parts if len(p)]
+        self.starts = np.cumsum([0] + [len(p) for p in self.parts]).tolist()
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, i: int) -> LabelledImage:  # type: ignore[override]
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        i %= len(self)
+        k = bisect.bisect_right(self.starts, i) - 1
+        return self.parts[k][i - self.starts[k]]
+
+
+def joined(parts: Sequence[Sequence[LabelledImage]]) -> Sequence[LabelledImage]:
+    """``parts`` as one sequence: a list when every part is one, else an :class:`ImageSet`."""
+    if all(isinstance(p, list) for p in parts):
+        return [im for p in parts for im in p]
+    return ImageSet(parts)
+
+
+def image_shapes(images: Sequence[LabelledImage]) -> list[tuple[int, int]]:
+    """``(H, W)`` of each image; lazy sequences answer without reading pixels."""
+    if isinstance(images, PanNukeFold):
+        return [images.image_shape] * len(images)
+    if isinstance(images, ImageSet):
+        return [hw for p in images.parts for hw in image_shapes(p)]
+    return [(int(im.image.shape[0]), int(im.image.shape[1])) for im in images]
+
+
+def image_keys(images: Sequence[LabelledImage]) -> list[tuple[str, str]]:
+    """``(source, name)`` of each image (what a held-apart split must keep on one side);
+    lazy sequences answer without reading pixels."""
+    if isinstance(images, PanNukeFold):
+        return images.source_names()
+    if isinstance(images, ImageSet):
+        return [k for p in images.parts for k in image_keys(p)]
+    return [(im.source, im.name) for im in images]
+
+
 class NucleiCropDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
-    """Random ``crop`` px crops of ``images`` (weighted by area), ``length`` per epoch.
+    """Random ``crop`` px crops of ``images``, ``length`` per epoch. Each crop's image is drawn
+    with probability ``weights`` (one per image, normalised; default: by area, so every pixel is
+    equally likely; :func:`pathssl.nuclei.sources.sampling_weights` gives per-source shares).
 
     Item: ``{"image": (3, S, S) uint8, "np": (S, S) int64, "hv": (2, S, S) float32,
     "tp": (S, S) int64}``. ``augment``: one random dihedral element per crop, shared by the image
@@ -306,15 +308,13 @@ class NucleiCropDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
         augment: bool = True,
         seed: int = 0,
         stain_jitter: float = 0.0,
+        weights: Sequence[float] | None = None,
     ) -> None:
         if not len(images):
             raise ValueError("no labelled images")
-        if isinstance(images, PanNukeFold):  # lazy: shapes without reading an image
-            shapes = [images.image_shape] * len(images)
-            self.images: Sequence[LabelledImage] = images
-        else:
-            shapes = [im.image.shape[:2] for im in images]
-            self.images = list(images)
+        shapes = image_shapes(images)  # lazy sequences: without reading an image
+        lazy = isinstance(images, PanNukeFold | ImageSet)
+        self.images: Sequence[LabelledImage] = images if lazy else list(images)
         small = [i for i, hw in enumerate(shapes) if min(hw) < crop]
         if small:
             raise ValueError(f"{len(small)} images are smaller than the {crop} px crop")
@@ -324,8 +324,10 @@ class NucleiCropDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
         self.stain_jitter = float(stain_jitter)
         self.seed = seed
         self.epoch = 0
-        areas = np.array([h * w for h, w in shapes], np.float64)
-        self.weights = areas / areas.sum()
+        p = np.array([h * w for h, w in shapes] if weights is None else weights, np.float64)
+        if p.shape != (len(shapes),) or not np.all(p >= 0) or not p.sum() > 0:
+            raise ValueError(f"need {len(shapes)} non-negative sampling weights, got {p.shape}")
+        self.weights = p / p.sum()
 
     def __len__(self) -> int:
         return self.length

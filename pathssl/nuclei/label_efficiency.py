@@ -22,10 +22,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pathssl.nuclei.config import NucleiConfig
-from pathssl.nuclei.data import LabelledImage
+from pathssl.nuclei.data import LabelledImage, image_keys
 from pathssl.nuclei.postprocess import Instances
 from pathssl.nuclei.predict import NucleiPredictor, configured_predictor
-from pathssl.nuclei.splits import load_data, subset_labels
+from pathssl.nuclei.splits import load_data, load_training_data, subset_labels
 from pathssl.nuclei.train import model_mpp, train_nuclei
 from pathssl.train.assemble import check_out_dir
 from pathssl.train.distributed import pick_device
@@ -34,9 +34,12 @@ from tiling.atomic import atomic_path, atomic_write
 ScoreFn = Callable[[Sequence[LabelledImage], Sequence[Instances]], dict[str, Any]]
 
 
-def validation_predictor(model: Any, cfg: NucleiConfig) -> NucleiPredictor:
-    """A quiet predictor for a freshly trained model, with the config's window settings."""
-    return configured_predictor(model, cfg, pick_device(cfg.train.device))
+def validation_predictor(
+    model: Any, cfg: NucleiConfig, stain_reference: dict[str, Any] | None = None
+) -> NucleiPredictor:
+    """A quiet predictor for a freshly trained model, with the config's window settings (and
+    its stain normalisation when the model has a ``stain_reference``)."""
+    return configured_predictor(model, cfg, pick_device(cfg.train.device), stain_reference)
 
 
 def predict_images(predictor: NucleiPredictor, images: Sequence[LabelledImage]) -> list[Instances]:
@@ -54,7 +57,8 @@ def run_label_efficiency(
     fractions = sorted(fractions or cfg.fractions)
     check_out_dir(cfg.train.out_dir)
     mpp, _ = model_mpp(cfg)
-    train_images, val_images = load_data(cfg.data, target_mpp=mpp)
+    data = load_training_data(cfg.data, target_mpp=mpp)
+    train_images, val_images = data.train, data.val
     if not val_images:
         raise ValueError("label efficiency needs held-apart images (data.val_region)")
     if cfg.train.val_every > 0:
@@ -69,7 +73,7 @@ def run_label_efficiency(
         run_cfg = copy.deepcopy(cfg)
         run_cfg.train.out_dir = str(out_dir / f"fraction_{f:g}")
         run_cfg.train.label_fraction = f
-        res = train_nuclei(run_cfg, subset, progress=progress)
+        res = train_nuclei(run_cfg, subset, progress=progress, sources=data.sources)
         predictor = validation_predictor(res.model, cfg)
         scores = score(val_images, predict_images(predictor, val_images))
         rows.append(
@@ -153,18 +157,62 @@ def plot_curves(
 
 
 def held_apart_scores(
-    model: Any, cfg: NucleiConfig, mpp: float, out: Path | None = None
+    model: Any,
+    cfg: NucleiConfig,
+    mpp: float,
+    out: Path | None = None,
+    stain_reference: dict[str, Any] | None = None,
+    baseline: bool = True,
 ) -> dict[str, Any] | None:
     """Scores (:func:`pathssl.nuclei.scores.score_images`) of a trained ``model`` on the config's
     held-apart images read at the model's ``mpp``; written to ``out`` (JSON) when given. None
-    when the config holds no images apart. What ``pathssl nuclei train`` and the demo report."""
+    when the config holds no images apart. What ``pathssl nuclei train`` and the demo report.
+    With several ``data.sources``, ``per_source`` holds the same scores for each source's
+    held-apart images (and ``images``: their names). ``stain_reference``: the model's (its
+    ``meta``), applied as prediction applies it. ``baseline``: also score the training-free
+    classical model (:class:`~pathssl.nuclei.classical.ClassicalNuclei`) on the same images,
+    under ``classical`` (and in each ``per_source``): what the model has to beat."""
     from pathssl.nuclei.scores import score_images
 
     _, val = load_data(cfg.data, target_mpp=mpp)
     if not val:
         return None
-    scores = score_images(val, predict_images(validation_predictor(model, cfg), val))
+    preds = predict_images(validation_predictor(model, cfg, stain_reference), val)
+    scores = score_images(val, preds)
     scores["type_names"] = list(cfg.data.type_names)
+    base = _classical_predictions(val, mpp) if baseline else None
+    if base is not None:
+        scores["classical"] = _binary(score_images(val, base))
+    keys = image_keys(val)
+    names = sorted({s for s, _ in keys})
+    if len(cfg.data.sources) > 1:
+        scores["per_source"] = {}
+        for name in names:
+            idx = [i for i, (s, _) in enumerate(keys) if s == name]
+            part = score_images([val[i] for i in idx], [preds[i] for i in idx])
+            part["images"] = [keys[i][1] for i in idx]
+            if base is not None:
+                ims, cls = [val[i] for i in idx], [base[i] for i in idx]
+                part["classical"] = _binary(score_images(ims, cls))
+            scores["per_source"][name] = part
     if out is not None:
         atomic_write(out, json.dumps(scores, indent=2))
     return scores
+
+
+def _classical_predictions(val: Sequence[LabelledImage], mpp: float) -> list[Instances]:
+    """The classical model's instances of each held-apart image (given at ``mpp``)."""
+    from pathssl.nuclei.classical import ClassicalNuclei
+
+    classical = ClassicalNuclei(mpp)
+    predictor = NucleiPredictor(
+        classical, window=classical.window, overlap=classical.overlap, progress=False
+    )
+    return predict_images(predictor, val)
+
+
+def _binary(scores: dict[str, Any]) -> dict[str, Any]:
+    """The type-free part of a score dict (the classical model finds nuclei, not types)."""
+    return {
+        k: scores[k] for k in ("images", "pq", "dq", "sq", "aji", "f1_detection", "counts") if k in scores
+    }

@@ -1,18 +1,13 @@
 """Nuclei inference on images and whole-slide images: overlapping windows, stitched by centroid
-ownership.
+ownership (the window plan and the stitching rules are :mod:`.stitch`'s).
 
-Windows of ``window`` px overlap by ``overlap`` px. Along each axis the plane is cut at the middle
-of every overlap; a window *owns* the nuclei whose centroid falls in its part, and drops nuclei
-that touch one of its edges inside the image (cut nuclei). Owned parts partition the image; a
-nucleus reaching less than ``overlap / 2 - slack`` px beyond its centroid is never cut. Windows
-that segment a nucleus near a cut differently could both own it or neither, so each keeps
-nuclei up to ``slack`` (4 px) past its cuts and :mod:`.stitch` drops the second copy of a
-nucleus found twice (no duplicates, nothing lost). Windows are read, predicted (batched, on the GPU when there is one) and post-processed
-one batch at a time, and nuclei are yielded as they are found: memory does not grow with the slide
-(only the output does). Slides are read at the model's mpp (``tiling.slide.SlideAtMpp``: the level
-choice and resize of tiling) and polygons mapped back to level-0 coordinates; images are
-resampled to it when their own mpp differs by more than 10 % (:func:`predict_image_at_mpp`) and
-outputs mapped back to their pixels.
+Windows are read, predicted (batched, on the GPU when there is one; optionally with dihedral
+test-time augmentation, :mod:`.tta`, and stain normalisation, :mod:`.stain_norm`) and
+post-processed one batch at a time, and nuclei are yielded as they are found: memory does not
+grow with the slide (only the output does). Slides are read at the model's mpp
+(``tiling.slide.SlideAtMpp``: the level choice and resize of tiling) and polygons mapped back to
+level-0 coordinates; images are resampled to it when their own mpp differs by more than 10 %
+(:func:`predict_image_at_mpp`) and outputs mapped back to their pixels.
 """
 
 from __future__ import annotations
@@ -20,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import cv2
 import numpy as np
@@ -33,7 +28,9 @@ from pathssl.nuclei.config import NucleiConfig
 from pathssl.nuclei.geojson import Nucleus, mask_ring
 from pathssl.nuclei.model import HV_KEY, NP_KEY, TP_KEY
 from pathssl.nuclei.postprocess import Instances, PostProcessConfig, postprocess
-from pathssl.nuclei.stitch import BorderDedup
+from pathssl.nuclei.stain_norm import Normalizer
+from pathssl.nuclei.stitch import BorderDedup, Window, core_box, kept_ids, plan_windows
+from pathssl.nuclei.tta import tta_forward
 
 if TYPE_CHECKING:
     from tiling.slide import SlideAtMpp
@@ -41,92 +38,27 @@ if TYPE_CHECKING:
 ReadFn = Callable[[int, int, int], NDArray[np.uint8]]  # (x, y, size) -> (size, size, 3)
 
 
-def window_origins(length: int, window: int, overlap: int) -> list[int]:
-    """Window starts covering ``[0, length)``: stride ``window - overlap``, the last window
-    moved back to end at ``length`` (one window at 0 when ``length <= window``)."""
-    if not 0 <= overlap < window:
-        raise ValueError(f"overlap {overlap} must be in [0, window {window})")
-    if length <= window:
-        return [0]
-    stride = window - overlap
-    starts = list(range(0, length - window, stride))
-    starts.append(length - window)
-    return starts
+class WindowSegmenter(Protocol):
+    """A model that gives instances itself (e.g. :class:`pathssl.nuclei.classical.
+    ClassicalNuclei`): windows ``(B, S, S, 3)`` uint8 -> one :class:`Instances` each."""
 
-
-def ownership(origins: list[int], window: int, length: int) -> list[tuple[float, float]]:
-    """Owned interval ``[lo, hi)`` of each window: cuts at the middle of each overlap; the first
-    starts at 0 and the last ends at ``length`` (nothing beyond the image or region is owned,
-    e.g. slide pixels a window reads past the end of a region)."""
-    cuts = [(origins[k + 1] + origins[k] + window) / 2 for k in range(len(origins) - 1)]
-    return list(zip([0.0, *cuts], [*cuts, float(length)], strict=True))
-
-
-@dataclass
-class Window:
-    x: int
-    y: int
-    own_x: tuple[float, float]
-    own_y: tuple[float, float]
-    cut_left: bool  # True where the window edge is inside the image (nuclei touching it are cut)
-    cut_top: bool
-    cut_right: bool
-    cut_bottom: bool
-
-
-def plan_windows(width: int, height: int, window: int, overlap: int) -> list[Window]:
-    xs, ys = window_origins(width, window, overlap), window_origins(height, window, overlap)
-    ox, oy = ownership(xs, window, width), ownership(ys, window, height)
-    return [
-        Window(x, y, ox[i], oy[j], x > 0, y > 0, x + window < width, y + window < height)
-        for j, y in enumerate(ys)
-        for i, x in enumerate(xs)
-    ]
-
-
-def core_box(win: Window, window: int) -> tuple[int, int, int, int]:
-    """Window-local ``(x0, y0, x1, y1)`` covered by no other window: the neighbours' extents
-    follow from the cuts (each cut is the middle of the overlap)."""
-    x0 = int(np.ceil(2 * win.own_x[0] - 2 * win.x)) if win.cut_left else 0
-    y0 = int(np.ceil(2 * win.own_y[0] - 2 * win.y)) if win.cut_top else 0
-    x1 = int(2 * win.own_x[1] - 2 * win.x - window) if win.cut_right else window
-    y1 = int(2 * win.own_y[1] - 2 * win.y - window) if win.cut_bottom else window
-    return x0, y0, x1, y1
-
-
-def kept_ids(res: Instances, win: Window, window: int, slack: float = 0.0) -> NDArray[np.int64]:
-    """Ids (1-based) of the nuclei this window owns (centroid in its part, or up to ``slack`` px
-    past an inner cut) and that are not cut by its edges."""
-    if not len(res):
-        return np.zeros(0, np.int64)
-    cx, cy = res.centroid[:, 0] + win.x, res.centroid[:, 1] + win.y
-    xa = win.own_x[0] - (slack if win.cut_left else 0)
-    xb = win.own_x[1] + (slack if win.cut_right else 0)
-    ya = win.own_y[0] - (slack if win.cut_top else 0)
-    yb = win.own_y[1] + (slack if win.cut_bottom else 0)
-    own = (cx >= xa) & (cx < xb) & (cy >= ya) & (cy < yb)
-    inst = res.inst
-    touch = np.zeros(len(res) + 1, bool)
-    for flag, edge in (
-        (win.cut_left, inst[:, 0]),
-        (win.cut_right, inst[:, window - 1]),
-        (win.cut_top, inst[0, :]),
-        (win.cut_bottom, inst[window - 1, :]),
-    ):
-        if flag:
-            touch[edge] = True
-    return np.nonzero(own & ~touch[1:])[0] + 1
+    def segment_batch(self, images: NDArray[np.uint8]) -> list[Instances]: ...
 
 
 class NucleiPredictor:
-    """Runs a nuclei model over windows. ``model``: ``(B, 3, S, S)`` uint8 -> branch logits
-    (:class:`pathssl.nuclei.model.NucleiModel`, or any module with that contract), moved to
-    ``device``; on CUDA the forward pass runs under bf16 autocast. Post-processing runs on the
-    CPU, one window at a time."""
+    """Runs a nuclei model over windows. ``model``: a module ``(B, 3, S, S)`` uint8 -> branch
+    logits (:class:`pathssl.nuclei.model.NucleiModel`, or any module with that contract), moved
+    to ``device``, on CUDA under bf16 autocast, its outputs post-processed on the CPU one window
+    at a time; or a :class:`WindowSegmenter` (the classical model), called on the windows.
+
+    ``tta``: merge the model's outputs over the 8 dihedral transforms of each window before
+    post-processing (:func:`pathssl.nuclei.tta.tta_forward`; modules only). ``stain``: an image
+    normaliser (:func:`pathssl.nuclei.stain_norm.normalizer`) applied to a whole image before
+    its windows are cut (:meth:`predict_image`), or to each window that is not glass (slides)."""
 
     def __init__(
         self,
-        model: nn.Module,
+        model: nn.Module | WindowSegmenter,
         *,
         window: int = 256,
         overlap: int = 96,
@@ -134,23 +66,33 @@ class NucleiPredictor:
         device: str | torch.device = "cpu",
         postprocess_cfg: PostProcessConfig | None = None,
         progress: bool = True,
+        tta: bool = False,
+        stain: Normalizer | None = None,
     ) -> None:
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        self.model = model.to(self.device).eval() if isinstance(model, nn.Module) else model
+        if tta and not isinstance(model, nn.Module):
+            raise ValueError(
+                f"test-time augmentation merges a network's outputs; {model!r} has none"
+            )
         self.window, self.overlap, self.batch_size = window, overlap, batch_size
         self.pp = postprocess_cfg or PostProcessConfig()
         self.slack = min(4.0, overlap / 4)  # px a window keeps past its cut (see .stitch)
         self.progress = progress
+        self.tta, self.stain = tta, stain
         self.windows_done = 0  # windows read
         self.windows_run = 0  # windows through the model (the rest: glass, skipped)
 
     @torch.inference_mode()
     def predict_batch(self, images: NDArray[np.uint8]) -> list[Instances]:
         """``(B, S, S, 3)`` uint8 -> one :class:`Instances` per window."""
+        if not isinstance(self.model, nn.Module):
+            return self.model.segment_batch(images)
         x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(self.device)
         cuda = self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cuda):
-            out = {k: v.float().cpu() for k, v in self.model(x).items()}
+            raw = tta_forward(self.model, x) if self.tta else self.model(x)
+            out = {k: v.float().cpu() for k, v in raw.items()}
         tp = out.get(TP_KEY)
         if tp is not None and tp.shape[1] <= 2:  # one type: the TP branch was never trained
             tp = None
@@ -168,10 +110,16 @@ class NucleiPredictor:
         return img[y0:y1, x0:x1]
 
     def run(
-        self, read: ReadFn, width: int, height: int, skip: Callable[[NDArray[np.uint8]], bool]
+        self,
+        read: ReadFn,
+        width: int,
+        height: int,
+        skip: Callable[[NDArray[np.uint8]], bool],
+        normalise: bool = False,
     ) -> Iterator[tuple[Window, Instances, NDArray[np.int64]]]:
         """(window, its instances, kept ids) for every window, in batches; ``skip`` looks at the
-        window's own part (:meth:`owned_part`): glass elsewhere in it is another window's."""
+        window's own part (:meth:`owned_part`): glass elsewhere in it is another window's.
+        ``normalise``: apply ``stain`` to each window that is not skipped."""
         from tqdm import tqdm
 
         plan = plan_windows(width, height, self.window, self.overlap)
@@ -182,7 +130,10 @@ class NucleiPredictor:
                 wins = plan[b : b + self.batch_size]
                 imgs = np.stack([read(w.x, w.y, self.window) for w in wins])
                 todo = [i for i in range(len(wins)) if not skip(self.owned_part(imgs[i], wins[i]))]
-                results = self.predict_batch(imgs[todo]) if todo else []
+                batch = imgs[todo]
+                if normalise and self.stain is not None:
+                    batch = np.stack([self.stain(im) for im in batch]) if todo else batch
+                results = self.predict_batch(batch) if todo else []
                 self.windows_run += len(todo)
                 for i, res in zip(todo, results, strict=True):
                     win = wins[i]
@@ -199,6 +150,8 @@ class NucleiPredictor:
         (each nucleus with the type and probability from the window that owns it)."""
         h, w = image.shape[:2]
         s = self.window
+        if self.stain is not None:  # one fit per image, not per window
+            image = self.stain(image)
         pad = np.full((max(h, s), max(w, s), 3), 255, np.uint8)
         pad[:h, :w] = image
         inst = np.zeros((h, w), np.int32)
@@ -242,15 +195,23 @@ class NucleiPredictor:
         self, read: ReadFn, width: int, height: int, to_level0: float, origin: tuple[float, float]
     ) -> Iterator[Nucleus]:
         """Stream :class:`Nucleus` records (level-0 coordinates: ``origin + p * to_level0``)."""
-        for win, res, keep in self.run(read, width, height, skip=is_background):
+        for win, res, keep in self.run(read, width, height, skip=is_background, normalise=True):
             off = (origin[0] + win.x * to_level0, origin[1] + win.y * to_level0)
             yield from instances_to_nuclei(res, keep, to_level0, off)
 
 
 def configured_predictor(
-    model: nn.Module, cfg: NucleiConfig, device: str | torch.device = "cpu"
+    model: nn.Module,
+    cfg: NucleiConfig,
+    device: str | torch.device = "cpu",
+    stain_reference: dict[str, Any] | None = None,
 ) -> NucleiPredictor:
-    """A quiet predictor with a config's window and post-processing settings (validation)."""
+    """A quiet predictor with a config's ``predict`` (window, overlap, batch size, ``tta``) and
+    ``postprocess`` settings; inputs normalised to ``stain_reference`` (a checkpoint's
+    ``meta["stain_reference"]``) when there is one and ``predict.stain_norm`` is on."""
+    from pathssl.nuclei.stain_norm import normalizer
+
+    use_stain = stain_reference is not None and cfg.predict.stain_norm
     return NucleiPredictor(
         model,
         window=cfg.predict.window,
@@ -259,6 +220,8 @@ def configured_predictor(
         device=device,
         postprocess_cfg=cfg.postprocess,
         progress=False,
+        tta=cfg.predict.tta,
+        stain=normalizer(stain_reference) if use_stain and stain_reference else None,
     )
 
 

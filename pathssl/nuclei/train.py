@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -30,7 +31,8 @@ from pathssl.nuclei.config import ModelConfig, NucleiConfig, as_dict, check
 from pathssl.nuclei.data import LabelledImage, NucleiCropDataset
 from pathssl.nuclei.loss import HoVerNetCriterion
 from pathssl.nuclei.model import NucleiModel, build_nuclei_model
-from pathssl.nuclei.splits import load_data, subset_labels
+from pathssl.nuclei.sources import describe_sources, sampling_weights
+from pathssl.nuclei.splits import load_training_data, subset_labels
 from pathssl.train.assemble import (
     assemble,
     check_out_dir,
@@ -109,7 +111,11 @@ class OffsetSampler(torch.utils.data.Sampler[int]):
 
 
 def validation_scores(
-    model: NucleiModel, images: Sequence[LabelledImage], cfg: NucleiConfig, device: torch.device
+    model: NucleiModel,
+    images: Sequence[LabelledImage],
+    cfg: NucleiConfig,
+    device: torch.device,
+    stain_reference: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """Predict each held-apart image (windows as ``cfg.predict``, post-processing as
     ``cfg.postprocess``) and score them together (:func:`pathssl.nuclei.scores.score_images`,
@@ -118,7 +124,7 @@ def validation_scores(
     from pathssl.nuclei.predict import configured_predictor
     from pathssl.nuclei.scores import score_images
 
-    predictor = configured_predictor(model, cfg, device)
+    predictor = configured_predictor(model, cfg, device, stain_reference)
     preds = [predictor.predict_image(im.image) for im in images]
     s = score_images(images, preds, classes=range(1, len(cfg.data.type_names) + 1))
     keys = ("pq", "mpq_plus", "f1_detection")
@@ -135,6 +141,11 @@ def model_mpp(cfg: NucleiConfig) -> tuple[float, str]:
         tile_mpp = meta.get("tile_mpp")
         if tile_mpp is not None:
             return float(tile_mpp), f"the tile_mpp of the encoder checkpoint {cfg.model.checkpoint}"
+    if cfg.data.sources:
+        raise ConfigError(
+            "model.mpp is not set and no encoder checkpoint records a tile_mpp: with "
+            "data.sources set model.mpp, the resolution every source is resampled to"
+        )
     if cfg.data.mpp is None:
         raise ConfigError(
             "data.mpp is not set and no encoder checkpoint records a tile_mpp: set data.mpp to "
@@ -147,12 +158,16 @@ def train_nuclei(
     cfg: NucleiConfig,
     train_images: Sequence[LabelledImage] | None = None,
     progress: bool = True,
+    sources: list[dict[str, Any]] | None = None,
 ) -> TrainResult:
     """Train per ``cfg``; ``train_images`` overrides the config's data (label-efficiency runs;
-    they must be at the model's mpp, :func:`model_mpp`). Writes ``out_dir/nuclei.pt``,
+    they must be at the model's mpp, :func:`model_mpp`; ``sources``: their records). Writes
+    ``out_dir/nuclei.pt`` (``meta["sources"]``: the datasets that trained it, with their
+    licences and images, :func:`pathssl.nuclei.sources.source_record`),
     ``out_dir/metrics.jsonl`` and ``out_dir/last.pt`` (every ``train.ckpt_every`` steps;
-    ``train.resume=true`` continues from it). Inputs and outputs are checked before any
-    compute."""
+    ``train.resume=true`` continues from it). With ``data.sources`` each crop's source is drawn
+    with the sources' ``weight`` s (:func:`pathssl.nuclei.sources.sampling_weights`). Inputs
+    and outputs are checked before any compute."""
     t_start = time.perf_counter()
     tc, dc = cfg.train, cfg.data
     check(cfg)
@@ -164,7 +179,8 @@ def train_nuclei(
     print(f"nuclei head at {mpp:g} um/px ({why})", flush=True)
     val_images: Sequence[LabelledImage] = []
     if train_images is None or tc.val_every > 0:
-        all_train, val_images = load_data(cfg.data, target_mpp=mpp)
+        data = load_training_data(cfg.data, target_mpp=mpp)
+        all_train, val_images, sources = data.train, data.val, sources or data.sources
         if train_images is None:
             train_images = all_train
             if tc.label_fraction < 1:
@@ -177,12 +193,16 @@ def train_nuclei(
         tc.lambda_hv_mse, use_types=num_types > 1, lambda_hv_grad=tc.lambda_hv_grad
     )
     module = NucleiTrainModule(model, criterion)
+    weights = None
+    if dc.sources:
+        weights = sampling_weights(train_images, {k: s.weight for k, s in dc.sources.items()})
     ds = NucleiCropDataset(
         train_images,
         dc.crop,
         tc.max_steps * dc.batch_size,
         seed=tc.seed,
         stain_jitter=tc.stain_jitter,
+        weights=None if weights is None else weights.tolist(),
     )
     sampler = OffsetSampler(len(ds))
     loader = torch.utils.data.DataLoader(
@@ -202,9 +222,16 @@ def train_nuclei(
         "type_names": list(dc.type_names),
         "mpp": mpp,
         "mpp_source": why,
+        "sources": sources or [],
         "config": as_dict(cfg),
     }
-    validation = _validation(cfg, model, val_images, device)
+    for line in describe_sources(sources or []):
+        print(f"trained on {line}", flush=True)
+    reference = None
+    if cfg.model.stain_norm != "none":
+        reference = _stain_reference(train_images, cfg.model.stain_norm)
+        meta["stain_reference"] = reference
+    validation = _validation(cfg, model, val_images, device, reference)
     trainer = assemble(
         module,
         groups,
@@ -226,11 +253,21 @@ def train_nuclei(
     return TrainResult(model.eval(), ckpt, last, time.perf_counter() - t_start, meta)
 
 
+def _stain_reference(images: Sequence[LabelledImage], method: str) -> dict[str, Any]:
+    """The stain reference of the training images (fitted once, stored in ``nuclei.pt``): on
+    at most 64 of them, evenly spread over the list (every source is represented)."""
+    from pathssl.nuclei.stain_norm import fit_reference
+
+    picks = np.unique(np.linspace(0, len(images) - 1, min(64, len(images))).round().astype(int))
+    return fit_reference([images[int(i)].image for i in picks], method)
+
+
 def _validation(
     cfg: NucleiConfig,
     model: NucleiModel,
     val_images: Sequence[LabelledImage],
     device: torch.device,
+    stain_reference: dict[str, Any] | None = None,
 ) -> Validation | None:
     tc = cfg.train
     if tc.val_every <= 0:
@@ -241,7 +278,7 @@ def _validation(
             "data.val_fraction > 0 (pannuke)"
         )
     return Validation(
-        lambda: validation_scores(model, val_images, cfg, device),
+        lambda: validation_scores(model, val_images, cfg, device, stain_reference),
         every=tc.val_every,
         monitor=tc.monitor,
         patience=tc.patience,
