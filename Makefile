@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= ../shared/data
 DEMO_OUT ?= demo_out
 
-.PHONY: venv demo test test-slow lint bench-tiling clean
+.PHONY: venv demo test test-slow lint bench-tiling docker-test clean
 
 $(BIN)/pathssl: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -37,6 +37,12 @@ test-slow: venv
 
 bench-tiling: venv
 	$(BIN)/python benchmarks/bench_tiling.py
+
+# Not part of `make test`: builds docker/Dockerfile on a local Debian base (made if missing; needs
+# root and debootstrap the first time) and runs tile, pretrain, nuclei predict and --version in
+# the image as a non-root user, then checks the outputs here (docker/test.sh, docker/README.md).
+docker-test: venv
+	DATA=$(DATA) docker/test.sh
 
 clean:
 	rm -rf $(DEMO_OUT) bench_out .pytest_cache .mypy_cache .ruff_cache

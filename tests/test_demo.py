@@ -46,7 +46,7 @@ KNN = {
     "eval_configs": {"random_init": "eval_random_init.yaml"},
 }
 NUCLEI = {
-    "images": 1,
+    "images": 16,
     "pq": 0.4321,
     "sq": 0.7456,
     "dq": 0.5791,
@@ -60,6 +60,23 @@ NUCLEI = {
     "detection": {"f1_d": 0.6912, "precision_d": 0.7, "recall_d": 0.68, "per_class_f1": {}},
     "counts": {"tp": 100, "fp": 20, "fn": 30},
     "type_names": CLASSES,
+    "classical": {"pq": 0.3177, "aji": 0.3456, "f1_detection": 0.6012},
+    "per_source": {
+        "monuseg": {
+            "images": ["a", "b", "c", "d"],
+            "pq": 0.5111,
+            "aji": 0.5222,
+            "f1_detection": 0.8333,
+            "classical": {"pq": 0.4999, "aji": 0.5001, "f1_detection": 0.7901},
+        },
+        "tnbc": {
+            "images": ["e"] * 12,
+            "pq": 0.4444,
+            "aji": math.nan,
+            "f1_detection": 0.7444,
+            "classical": {"pq": 0.4232, "aji": 0.4561, "f1_detection": 0.7461},
+        },
+    },
 }
 
 
@@ -266,12 +283,12 @@ def test_report_tables_images_and_escaping(demo: Path) -> None:
     raw = path.read_text(encoding="utf-8")
     page = _parse(path)
     text = " ".join(page.text)
-    assert page.tables >= 5
+    assert page.tables >= 4
     for number in ("0.5488", "0.6141", "0.7831", "0.7402", "0.3124"):  # kNN table
         assert number in text
-    for number in ("0.4321", "0.7456", "0.5791", "0.3012", "0.4567", "0.6912", "0.3333"):
-        assert number in text  # nuclei metrics and per-class PQ
-    assert "neoplastic" in text
+    for number in ("0.4321", "0.4567", "0.6912", "0.6012", "0.5111", "0.4999", "0.7461"):
+        assert number in text  # nuclei metrics per held-apart set, and the classical model's
+    assert "monuseg" in text and "tnbc" in text and "classical PQ" in text
     assert "48" in text and "0.499" in text  # tiling row
     assert "4 min 11 s" in text and "17.2 s" in text and "3.4 s" in text  # stage wall times
     assert "6 min 14 s" in text  # their total
@@ -328,7 +345,11 @@ def test_run_skips_stages_that_are_done(demo: Path, data_dir: Path) -> None:
     (pred / f"{layout.SLIDE_ID}.geojson").parent.mkdir(parents=True)
     (pred / f"{layout.SLIDE_ID}.geojson").write_text('{"type": "FeatureCollection"}')
     _png(pred / f"{layout.SLIDE_ID}_overlay.png")
-    _record(demo, "predict", 14.8, {}, nuclei=496, windows=12)
+    classical = demo / "predict_classical"
+    classical.mkdir()
+    (classical / f"{layout.SLIDE_ID}.geojson").write_text('{"type": "FeatureCollection"}')
+    _png(classical / f"{layout.SLIDE_ID}_overlay.png")
+    _record(demo, "predict", 14.8, {}, nuclei=496, nuclei_classical=2418, windows=12)
     logs: list[str] = []
     result = run_demo(demo, data_dir, 200, 300, device="cpu", log=logs.append)
     assert result.ran == []
@@ -338,8 +359,9 @@ def test_run_skips_stages_that_are_done(demo: Path, data_dir: Path) -> None:
     assert result.seconds["pretrain"] == pytest.approx(251.3)
     page = _parse(report.write_report(demo))
     text = " ".join(page.text)
-    assert "not run" not in text and "496" in text
+    assert "not run" not in text and "496" in text and "2,418" in text
     assert f"{layout.SLIDE_ID}_overlay.png" in " ".join(page.srcs)
+    assert f"predict_classical/{layout.SLIDE_ID}_overlay.png" in page.srcs
     assert f"predict/{layout.SLIDE_ID}.geojson" in page.hrefs
 
 

@@ -34,7 +34,12 @@ OUTPUTS: dict[str, tuple[str, ...]] = {
     "pretrain": (f"{PRETRAIN_RUN}/last.pt", f"{PRETRAIN_RUN}/metrics.jsonl"),
     "knn": ("knn/knn.json",),
     "nuclei": ("nuclei/nuclei.pt", "nuclei/metrics.jsonl", "nuclei/val_metrics.json"),
-    "predict": (f"predict/{SLIDE_ID}.geojson", f"predict/{SLIDE_ID}_overlay.png"),
+    "predict": (
+        f"predict/{SLIDE_ID}.geojson",
+        f"predict/{SLIDE_ID}_overlay.png",
+        f"predict_classical/{SLIDE_ID}.geojson",
+        f"predict_classical/{SLIDE_ID}_overlay.png",
+    ),
 }
 
 

@@ -43,7 +43,8 @@ class DemoResult:
 def check_data(data: Path) -> None:
     """A one-line error unless ``data`` holds the slide and nuclei files the demo reads."""
     needed = [data / "slides" / SLIDE, *(data / "nuclei" / n for n in stages.NUCLEI_FILES)]
-    missing = [p for p in needed if not p.is_file()]
+    folders = [data / "nuclei" / sub for sub in stages.NUCLEI_SOURCES.values()]
+    missing = [p for p in needed if not p.is_file()] + [p for p in folders if not p.is_dir()]
     if missing:
         raise ValueError(
             f"demo data folder {data}: {missing[0]} not found; pass --data DIR, the folder that "

@@ -31,16 +31,18 @@ PRETRAIN_OVERRIDES: dict[str, str] = {  # values: YAML, filled in with str.forma
     "train.device": "{device}",
     "train.progress": "{progress}",
 }
-NUCLEI_CONFIG = CONFIGS / "nuclei" / "hgsc_resnet18_cpu.yaml"
+# the CPU recipe on hand-drawn nuclei (MoNuSeg + TNBC, whole images held apart), shortened
+NUCLEI_CONFIG = CONFIGS / "nuclei" / "manual_cpu.yaml"
+NUCLEI_SOURCES = {"monuseg": "monuseg-train", "tnbc": "tnbc"}  # source -> folder in nuclei/
 NUCLEI_OVERRIDES: dict[str, str] = {
-    "data.image": "{image}",
-    "data.inst": "{inst}",
-    "data.types": "{types}",
+    "data.sources.monuseg.path": "{monuseg}",
+    "data.sources.tnbc.path": "{tnbc}",
     "model.checkpoint": "{checkpoint}",
     "train.max_steps": "{steps}",  # was train.steps
     "train.out_dir": "{out_dir}",
     "train.device": "{device}",
 }
+CLASSICAL_DIR = "predict_classical"
 NUCLEI_FILES = ("hgsc_nest.jpg", "hgsc_nest_inst_mask.npz", "hgsc_nest_type_mask.npz")
 KNN_CLASSES = ("connective", "inflammatory", "neoplastic")  # type ids 1, 2, 3 of hgsc_nest
 KNN_CROP = 64  # px around each nucleus
@@ -237,21 +239,19 @@ def knn(
 def nuclei(
     out: Path, data: Path, checkpoint: Path | None, steps: int, device: str, progress: bool
 ) -> dict[str, Any]:
-    """``pathssl nuclei train`` of the hgsc config from the pretrained trunk, then its scores
-    on the held-apart region (``nuclei/val_metrics.json``), as the command computes them."""
+    """``pathssl nuclei train`` of the manual-labels CPU recipe (shortened to ``steps``) from the
+    pretrained trunk, then its scores on the held-apart images of each source beside the
+    classical model's (``nuclei/val_metrics.json``), as the command computes them."""
     from pathssl.nuclei.config import load_config
     from pathssl.nuclei.label_efficiency import held_apart_scores
     from pathssl.nuclei.train import train_nuclei
 
-    nuc = data / "nuclei"
-    image, inst, types = (nuc / name for name in NUCLEI_FILES)
+    folders = {name: data / "nuclei" / sub for name, sub in NUCLEI_SOURCES.items()}
     cfg = load_config(
         NUCLEI_CONFIG,
         overrides(
             NUCLEI_OVERRIDES,
-            image=image,
-            inst=inst,
-            types=types,
+            **folders,
             checkpoint=checkpoint if checkpoint is not None else Path(""),
             steps=steps,
             out_dir=out / "nuclei",
@@ -260,44 +260,59 @@ def nuclei(
     )
     res = train_nuclei(cfg, progress=progress)
     scores = held_apart_scores(
-        res.model, cfg, float(res.meta["mpp"]), out / "nuclei" / "val_metrics.json"
+        res.model,
+        cfg,
+        float(res.meta["mpp"]),
+        out / "nuclei" / "val_metrics.json",
+        stain_reference=res.meta.get("stain_reference"),
     )
-    assert scores is not None, "the demo's nuclei config holds the right third apart"
+    assert scores is not None, "the demo's nuclei config holds whole images apart"
+    base = scores.get("classical") or {}
     return {
         "steps": steps,
         "init": "random" if checkpoint is None else "simclr",
         "last_loss": res.last.get("loss"),
-        "summary": f"{steps} steps, held-apart PQ {scores['pq']:.3f}, F1 {scores['f1_detection']:.3f}",
+        "sources": [s["name"] for s in res.meta.get("sources", [])],
+        "summary": (
+            f"{steps} steps, held-apart PQ {scores['pq']:.3f} (classical {base.get('pq', 0):.3f}), "
+            f"F1 {scores['f1_detection']:.3f}"
+        ),
     }
 
 
 def predict(out: Path, data: Path, device: str) -> dict[str, Any]:
-    """``pathssl nuclei predict`` of the CMU-1 slide with the trained head: GeoJSON (QuPath
-    detections) and overlay PNG in ``out/predict``."""
-    from pathssl.nuclei.batch import predict_inputs
-    from pathssl.nuclei.config import config_from_dict
-    from pathssl.nuclei.predict import configured_predictor
-    from pathssl.nuclei.train import load_nuclei_model
+    """``pathssl nuclei predict`` of the CMU-1 slide with the trained head (``out/predict``)
+    and with the training-free classical model (``out/predict_classical``): GeoJSON (QuPath
+    detections) and overlay PNG each, and their counts."""
+    from pathssl.nuclei.batch import CLASSICAL, load_predictor, predict_inputs
 
-    model, meta = load_nuclei_model(out / "nuclei" / "nuclei.pt", device)
-    predictor = configured_predictor(model, config_from_dict(meta["config"], migrate=True), device)
-    rows = predict_inputs(
-        predictor,
-        [data / "slides" / SLIDE],
-        out / "predict",
-        list(meta["type_names"]),
-        float(meta["mpp"]),
-        force=True,
-        log=False,
-    )
-    if len(rows) != 1 or rows[0]["status"] != "done":
-        raise RuntimeError(
-            f"nuclei prediction of {SLIDE} failed: {rows[0]['error'] if rows else 'no input'}"
+    counts: dict[str, int] = {}
+    windows = 0
+    for name, model, folder in (
+        ("model", out / "nuclei" / "nuclei.pt", out / "predict"),
+        ("classical", CLASSICAL, out / CLASSICAL_DIR),
+    ):
+        lp = load_predictor(model, device, progress=False)
+        rows = predict_inputs(
+            lp.predictor,
+            [data / "slides" / SLIDE],
+            folder,
+            lp.type_names,
+            lp.mpp,
+            force=True,
+            log=False,
         )
-    count = int(rows[0]["nuclei"])
+        if len(rows) != 1 or rows[0]["status"] != "done":
+            raise RuntimeError(
+                f"nuclei prediction of {SLIDE} ({name}) failed: "
+                f"{rows[0]['error'] if rows else 'no input'}"
+            )
+        counts[name] = int(rows[0]["nuclei"])
+        windows = windows or lp.predictor.windows_done
     return {
         "slide": SLIDE,
-        "nuclei": count,
-        "windows": predictor.windows_done,
-        "summary": f"{count} nuclei in {predictor.windows_done} windows",
+        "nuclei": counts["model"],
+        "nuclei_classical": counts["classical"],
+        "windows": windows,
+        "summary": f"{counts['model']} nuclei (classical model: {counts['classical']})",
     }
