@@ -57,6 +57,8 @@ CPU_PARAMS: dict[str, dict[str, Any]] = {
     "rotation": {"head_layers": 1},
     "jigsaw": {"num_permutations": 1000, "tile_dim": 128, "hidden_dim": 1024},
     "context": {"pair_dim": 128, "hidden_dim": 1024},
+    "pirl": {"proj_dim": 128, "bank_size": 4096, "num_negatives": 1024, "num_permutations": 1000},
+    "colorization": {"head_dim": 128, "grid_step": 10.0, "target_stride": 8, "rebalance": True},
 }
 # step-based knobs of the paper configs, as a fraction of the run
 STEP_KNOBS: dict[str, dict[str, float]] = {

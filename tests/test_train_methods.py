@@ -28,6 +28,8 @@ TINY: dict[str, dict[str, Any]] = {
     "rotation": {"head_hidden_dim": 32},
     "context": {"pair_dim": 16, "hidden_dim": 64},
     "jigsaw": {"num_permutations": 100, "tile_dim": 16, "hidden_dim": 64},
+    "pirl": {"proj_dim": 16, "bank_size": 512, "num_negatives": 64, "num_permutations": 24},
+    "colorization": {"head_dim": 32, "grid_step": 20.0, "rebalance": True},
 }
 MULTI_CROP = {"local_size": 32, "n_local": 2}
 VIT = {"mae", "maskfeat", "dino", "moco_v3"}
@@ -107,7 +109,8 @@ def test_masked_methods_take_the_recipe_mask(method: str, store: Path, tmp_path:
     trainer = build_trainer(load_config(None, ov))
     patch = trainer.method.backbone.patch_size
     n = (64 // patch) ** 2
-    views, mask = trainer.batch_step.prepare(next(iter(trainer.loader)))
+    inputs = trainer.batch_step.prepare(next(iter(trainer.loader)))
+    views, mask = inputs.views, inputs.patch_mask
     assert mask is not None and tuple(mask.shape) == (4, n)
     assert mask.sum(1).tolist() == [round(0.5 * n)] * 4
     assert trainer.method.mask_ratio == 0.5
@@ -115,7 +118,7 @@ def test_masked_methods_take_the_recipe_mask(method: str, store: Path, tmp_path:
     torch.manual_seed(1)
     ref = trainer.method(views, patch_mask=mask)["loss"]
     torch.manual_seed(1)
-    got = trainer.batch_step.forward(trainer.method, (views, mask))["loss"]
+    got = trainer.batch_step.forward(trainer.method, inputs)["loss"]
     torch.testing.assert_close(got, ref)
     with pytest.raises(ConfigError, match="mask_ratio 0.75 differs"):
         build_trainer(load_config(None, [*ov, "method.params={mask_ratio: 0.75}"]))

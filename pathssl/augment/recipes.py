@@ -306,6 +306,20 @@ _register(
     {**_COLOUR, "blur_p": 0.5, "gray_p": 0.2},
 )
 
+_register(
+    "colorization",
+    one_view,
+    "One view whose colour is the target (Zhang et al. 2016): stain jitter, no grey or "
+    "saturation jitter.",
+    {**_COLOUR, "scale": (0.4, 1.0), "saturation": 0.0, "blur_p": 0.0, "gray_p": 0.0},
+)
+_register(
+    "split_brain",
+    one_view,
+    "One view split into two channel groups that predict each other (Zhang et al. 2017).",
+    {**_COLOUR, "scale": (0.4, 1.0), "saturation": 0.0, "blur_p": 0.0, "gray_p": 0.0},
+)
+
 
 def build_recipe(name: str, **params: Any) -> ViewRecipe:
     """``RECIPES.build(name, **params)`` with YAML lists turned into tuples."""

@@ -20,7 +20,13 @@ training loop drives every method the same way::
     trunk = method.export_backbone()       # torchvision-named weights
 
 Views: ``views[:n_global_views]`` are the global crops ``(B, 3, H, W)``; the rest (multi-crop)
-are smaller local crops ``(B, 3, h, w)``, all with the same ``B``.
+are smaller local crops ``(B, 3, h, w)``, all with the same ``B``. They arrive normalised with
+the training tiles' per-channel mean/std; the training loop hands those over once
+(:meth:`SSLMethod.set_input_normalisation`) so that a method predicting colour (colorization,
+split-brain) can recover the RGB it saw (:meth:`SSLMethod.raw_rgb`).
+
+A method with ``needs_index = True`` (PIRL's memory bank) is called as
+``method(views, index=index)`` with each image's dataset index ``(B,)`` long.
 """
 
 from __future__ import annotations
@@ -45,7 +51,11 @@ class SSLMethod(nn.Module):
 
     #: the method only works with a ViT backbone (masked image modelling)
     vit_only: ClassVar[bool] = False
+    #: the method takes each image's dataset index: ``forward(views, index=(B,) long)``
+    needs_index: ClassVar[bool] = False
     global_step: Tensor
+    input_mean: Tensor
+    input_std: Tensor
 
     def __init__(self, backbone: ResNetBackbone | ViTBackbone) -> None:
         super().__init__()
@@ -57,9 +67,23 @@ class SSLMethod(nn.Module):
         self.n_local_views = 0
         # optimisation steps completed; a buffer so state_dict() carries it for exact resume
         self.register_buffer("global_step", torch.zeros((), dtype=torch.long))
+        # how the views were normalised (not saved: the checkpoint's meta holds mean/std)
+        self.register_buffer("input_mean", torch.zeros(1, 3, 1, 1), persistent=False)
+        self.register_buffer("input_std", torch.ones(1, 3, 1, 1), persistent=False)
 
     def forward(self, views: list[Tensor]) -> dict[str, Tensor]:
         raise NotImplementedError
+
+    @torch.no_grad()
+    def set_input_normalisation(self, mean: list[float], std: list[float]) -> None:
+        """The views are ``(rgb - mean) / std`` per channel (RGB in [0, 1]); the training loop's
+        builder calls this once. Default: mean 0, std 1 (the views are RGB in [0, 1])."""
+        self.input_mean.copy_(torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.input_std.copy_(torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def raw_rgb(self, x: Tensor) -> Tensor:
+        """Normalised views ``(B, 3, H, W)`` -> float32 RGB in [0, 1] (clamped)."""
+        return (x.float() * self.input_std + self.input_mean).clamp(0.0, 1.0)
 
     def on_after_backward(self, step: int) -> None:
         """Called between ``backward()`` and ``optimizer.step()``; default: nothing."""

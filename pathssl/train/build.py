@@ -286,6 +286,7 @@ def build_trainer(
         encoded = False
     dataset.encoded = encoded
     mean, std = tile_mean_std(dataset, n=cfg.data.norm_tiles, seed=t.seed)
+    method.set_input_normalisation(mean, std)  # views arrive normalised: colour methods undo it
     sampler = ResumableSampler(
         dataset.slide_index,
         seed=t.seed,

@@ -2,14 +2,15 @@
 
 :class:`ViewStep` (SSL): uint8 tiles ``(B, 3, S, S)`` (decoded by DataLoader workers, or JPEG bytes
 decoded on the GPU) -> batched views on the device (``recipe.torch()``), normalised by the
-training tiles' mean/std -> ``method(views)``. :class:`SupervisedStep`: ``{"image", **targets}``
+training tiles' mean/std -> ``method(views)`` (plus the recipe's patch mask, and each tile's
+dataset index for a method that asks for it). :class:`SupervisedStep`: ``{"image", **targets}``
 -> ``module(images, targets)``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -17,12 +18,22 @@ from torch import Tensor, nn
 from pathssl.data import decode_jpeg_batch
 
 
+class ViewInputs(NamedTuple):
+    """What :meth:`ViewStep.prepare` gives :meth:`ViewStep.forward`."""
+
+    views: list[Tensor]  #: normalised views (B, 3, s, s) float
+    patch_mask: Tensor | None  #: the recipe's (B, N) bool patch mask, or None
+    tile_index: Tensor | None  #: the tiles' dataset indices (B,) long on the device, or None
+
+
 class ViewStep:
     """SSL: uint8 tiles -> normalised views -> ``model(views)``.
 
     ``views``: a module ``(B, 3, S, S) uint8 -> {"views": [(B, 3, s, s) float in [0, 1]]}``
     called as ``views(x, generator)``; ``mean``/``std``: per-channel normalisation (RGB, [0, 1]
-    scale)."""
+    scale). The model gets ``patch_mask=`` when the recipe draws one (the masked methods) and
+    ``index=`` (the batch's ``"index"``) when the method's ``needs_index`` is set (PIRL's memory
+    bank)."""
 
     def __init__(
         self,
@@ -56,16 +67,25 @@ class ViewStep:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         return views, out.get("patch_mask")
 
-    def prepare(self, batch: dict[str, Any]) -> tuple[list[Tensor], Tensor | None]:
-        return self.make_views(self.images(batch))
+    def prepare(self, batch: dict[str, Any]) -> ViewInputs:
+        views, mask = self.make_views(self.images(batch))
+        index = batch.get("index")
+        if index is not None:
+            index = index.to(self.device, non_blocking=True)
+        return ViewInputs(views, mask, index)
 
-    def forward(
-        self, model: nn.Module, inputs: tuple[list[Tensor], Tensor | None]
-    ) -> dict[str, Tensor]:
-        """``model(views)``, or ``model(views, patch_mask=mask)`` for a masking recipe (the
-        masked methods take their mask from the recipe: one place)."""
-        views, mask = inputs
-        out: dict[str, Tensor] = model(views) if mask is None else model(views, patch_mask=mask)
+    def forward(self, model: nn.Module, inputs: ViewInputs) -> dict[str, Tensor]:
+        """``model(views)``, with ``patch_mask=mask`` for a masking recipe (the masked methods
+        take their mask from the recipe: one place) and ``index=index`` for a method whose
+        ``needs_index`` is set (``model`` may be its DDP wrapper)."""
+        kwargs: dict[str, Tensor] = {}
+        if inputs.patch_mask is not None:
+            kwargs["patch_mask"] = inputs.patch_mask
+        if getattr(getattr(model, "module", model), "needs_index", False):
+            if inputs.tile_index is None:
+                raise ValueError("the method needs each tile's dataset index: batch has no 'index'")
+            kwargs["index"] = inputs.tile_index
+        out: dict[str, Tensor] = model(inputs.views, **kwargs)
         return out
 
 
