@@ -214,5 +214,7 @@ def _classical_predictions(val: Sequence[LabelledImage], mpp: float) -> list[Ins
 def _binary(scores: dict[str, Any]) -> dict[str, Any]:
     """The type-free part of a score dict (the classical model finds nuclei, not types)."""
     return {
-        k: scores[k] for k in ("images", "pq", "dq", "sq", "aji", "f1_detection", "counts") if k in scores
+        k: scores[k]
+        for k in ("images", "pq", "dq", "sq", "aji", "f1_detection", "counts")
+        if k in scores
     }
