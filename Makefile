@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= ../shared/data
 DEMO_OUT ?= demo_out
 
-.PHONY: venv demo test test-slow lint bench-tiling docker-test clean
+.PHONY: venv demo test test-slow lint bench-tiling bench-methods docker-test clean
 
 $(BIN)/pathssl: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,6 +34,11 @@ test: lint
 
 test-slow: venv
 	$(BIN)/python -m pytest -q -m slow
+
+# Every registered SSL method after 3 CPU minutes (2 seeds): frozen-trunk nuclei PQ on held-apart
+# hand-drawn images + kNN; writes the table into benchmarks/README.md (about 2 h on 2 cores).
+bench-methods: venv
+	$(BIN)/python benchmarks/all_methods.py
 
 bench-tiling: venv
 	$(BIN)/python benchmarks/bench_tiling.py
