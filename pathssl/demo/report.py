@@ -39,7 +39,11 @@ img.figure{max-width:100%;border:1px solid #999}p.note{color:#555}code{backgroun
 """
 # the full CPU recipe's figures, measured (see configs/nuclei/manual_cpu.yaml); shown next to the
 # demo's shortened run
-FULL_RECIPE = {"steps": 1000, "note": "measured figures in configs/nuclei/manual_cpu.yaml"}
+FULL_RECIPE = {
+    "steps": 1000,
+    "note": "about 14 minutes on 2 cores, held-apart PQ 0.503 against the classical model's 0.456 "
+    "(MoNuSeg 0.480 vs 0.463, TNBC 0.538 vs 0.442)",
+}
 NOT_RUN = '<p class="notrun">not run</p>'
 KNN_ROWS = (("random_init", "random init"), ("simclr_pretrained", "SimCLR pretrained"))
 
