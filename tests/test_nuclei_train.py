@@ -147,6 +147,22 @@ def test_manual_recipe_trains_on_two_sources(tmp_path: Path, data_dir: Path) -> 
     train, _ = load_data(cfg.data, target_mpp=0.5, log=None)
     ref = fit_reference([im.image for im in train], "macenko")
     assert meta["stain_reference"] == ref and ref["images"] == 9
+    # held-apart scores per source, beside the classical model's on the same images, which an
+    # independent call (the classical model through its own predictor) reproduces
+    from pathssl.nuclei.classical import ClassicalNuclei
+    from pathssl.nuclei.label_efficiency import held_apart_scores
+    from pathssl.nuclei.predict import NucleiPredictor
+    from pathssl.nuclei.scores import score_images
+
+    scores = held_apart_scores(model, cfg, 0.5, stain_reference=meta["stain_reference"])
+    assert scores is not None and set(scores["per_source"]) == {"monuseg", "tnbc"}
+    _, val = load_data(cfg.data, target_mpp=0.5, log=None)
+    cl = ClassicalNuclei(0.5)
+    pred = NucleiPredictor(cl, window=cl.window, overlap=cl.overlap, progress=False)
+    ref_scores = score_images(val, [pred.predict_image(im.image) for im in val])
+    assert scores["classical"]["pq"] == pytest.approx(ref_scores["pq"])
+    assert scores["classical"]["pq"] > 0.2  # real nuclei found on the held-apart tiles
+    assert scores["per_source"]["monuseg"]["images"] == ["TCGA-21-5786-01Z-00-DX1"]
 
 
 @pytest.mark.slow
