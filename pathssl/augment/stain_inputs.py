@@ -46,13 +46,14 @@ def resolve(path: str | Path, key: str) -> Path:
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
-    """An image file as an (H, W, 3) uint8 RGB array; ``ValueError`` if OpenCV cannot read it."""
-    import cv2
+    """An image file as an (H, W, 3) uint8 RGB array (:func:`pathssl.data.images.read_rgb`);
+    ``ValueError`` if it cannot be read (so a stain input's key is named)."""
+    from pathssl.data.images import read_rgb as read
 
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"cannot read image {path}: not a PNG/JPEG/TIFF picture")
-    return np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    try:
+        return read(path)
+    except FileNotFoundError:
+        raise ValueError(f"cannot read image {path}: not a PNG/JPEG/TIFF picture") from None
 
 
 def _version(p: Path) -> tuple[str, int, int]:

@@ -216,6 +216,24 @@ class LoadedPredictor:
     description: str
 
 
+def classical_predictor(
+    classical: Any,
+    window: int | None = None,
+    overlap: int | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> NucleiPredictor:
+    """A predictor of the classical model (:class:`~pathssl.nuclei.classical.ClassicalNuclei`)
+    with its own window and overlap unless given."""
+    return NucleiPredictor(
+        classical,
+        window=classical.window if window is None else window,
+        overlap=classical.overlap if overlap is None else overlap,
+        batch_size=4 if batch_size is None else batch_size,
+        progress=progress,
+    )
+
+
 def load_predictor(
     model: str | Path,
     device: str | Any = "cpu",
@@ -245,13 +263,7 @@ def load_predictor(
         if stain_norm:
             raise ValueError("--stain-norm: the classical model has no training stain reference")
         cl = ClassicalNuclei()
-        predictor = NucleiPredictor(
-            cl,
-            window=cl.window if window is None else window,
-            overlap=cl.overlap if overlap is None else overlap,
-            batch_size=4 if batch_size is None else batch_size,
-            progress=progress,
-        )
+        predictor = classical_predictor(cl, window, overlap, batch_size, progress)
         what = f"classical (training-free: H threshold + watershed) at {cl.mpp:g} um/px"
         return LoadedPredictor(predictor, cl.mpp, list(cl.type_names), what)
     net, meta = load_nuclei_model(model, str(device))

@@ -1,7 +1,7 @@
 """Nuclei datasets: labelled images in memory and random training crops with targets.
 
 A :class:`~pathssl.nuclei.labelled.LabelledImage` (an RGB image with its instance and type maps
-and its mpp; :func:`~pathssl.nuclei.labelled.resample`, :func:`~pathssl.nuclei.labelled.read_rgb`:
+and its mpp; :func:`~pathssl.nuclei.labelled.resample`, :func:`~pathssl.data.images.read_rgb`:
 re-exported here) is what every loader gives. Loaders:
 
 * PanNuke (Gamper et al. 2020): ``images.npy`` ``(N, 256, 256, 3)``, ``masks.npy``
@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from pathssl.nuclei.labelled import LabelledImage, read_rgb, resample, resize_labels
+from pathssl.data.images import read_rgb
+from pathssl.nuclei.labelled import LabelledImage, resample, resize_labels
 from pathssl.nuclei.targets import make_targets
 
 __all__ = [

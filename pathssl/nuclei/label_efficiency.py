@@ -202,13 +202,10 @@ def held_apart_scores(
 
 def _classical_predictions(val: Sequence[LabelledImage], mpp: float) -> list[Instances]:
     """The classical model's instances of each held-apart image (given at ``mpp``)."""
+    from pathssl.nuclei.batch import classical_predictor
     from pathssl.nuclei.classical import ClassicalNuclei
 
-    classical = ClassicalNuclei(mpp)
-    predictor = NucleiPredictor(
-        classical, window=classical.window, overlap=classical.overlap, progress=False
-    )
-    return predict_images(predictor, val)
+    return predict_images(classical_predictor(ClassicalNuclei(mpp), progress=False), val)
 
 
 def _binary(scores: dict[str, Any]) -> dict[str, Any]:

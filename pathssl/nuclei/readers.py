@@ -39,8 +39,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from pathssl.data.images import read_rgb
 from pathssl.nuclei.data import load_mat_labels
-from pathssl.nuclei.labelled import LabelledImage, read_rgb
+from pathssl.nuclei.labelled import LabelledImage
 
 POLYGON_SUFFIXES = {".xml": "imagescope", ".geojson": "geojson", ".json": "geojson"}
 MASK_NOTE = "instances are connected components of binary masks: touching nuclei count as one"

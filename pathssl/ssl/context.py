@@ -16,6 +16,7 @@ from pathssl.ssl.patches import (
     max_jitter,
     normalise_patches,
     patch_corners,
+    patch_multiple,
     patch_side,
 )
 
@@ -72,7 +73,7 @@ class ContextPrediction(SSLMethod):
         self.patch_fraction = patch_fraction
         self.jitter_fraction = jitter_fraction
         self.normalise = normalise
-        self.multiple = int(getattr(backbone, "patch_size", 1))
+        self.multiple = patch_multiple(backbone)
         self.patch_fc = nn.Sequential(nn.Linear(self.embed_dim, pair_dim), nn.ReLU(inplace=True))
         self.classifier = MLPHead(2 * pair_dim, hidden_dim, 8, num_layers=2)
 

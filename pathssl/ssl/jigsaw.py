@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from pathssl.models.backbones import ResNetBackbone, ViTBackbone
 from pathssl.ssl.base import METHODS, SSLMethod, collapse_std
 from pathssl.ssl.heads import MLPHead
-from pathssl.ssl.patches import grid_tiles
+from pathssl.ssl.patches import grid_tiles, patch_multiple
 from pathssl.ssl.permutations import maxmin_hamming_permutations
 
 
@@ -92,7 +92,7 @@ class Jigsaw(SSLMethod):
             patch_fraction,
             jitter_fraction,
             permutation_seed,
-            multiple=int(getattr(backbone, "patch_size", 1)),
+            multiple=patch_multiple(backbone),
         )
         self.tile_fc = nn.Sequential(nn.Linear(self.embed_dim, tile_dim), nn.ReLU(inplace=True))
         n = self.tiles.n_tiles

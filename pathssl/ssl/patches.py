@@ -15,7 +15,7 @@ Doersch et al. 2015).
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def patch_side(cell: int, fraction: float, multiple: int = 1) -> int:
@@ -108,3 +108,8 @@ def grid_tiles(
     j = max_jitter(cell, p, jitter_fraction)
     corners = patch_corners(x.shape[0], grid_cells(grid, x.device), cell, p, j, origin, x.device)
     return normalise_patches(gather_patches(x, corners, p))
+
+
+def patch_multiple(backbone: nn.Module) -> int:
+    """Patch sides are rounded to this: a ViT's patch size (1 for a CNN)."""
+    return int(getattr(backbone, "patch_size", 1))

@@ -15,6 +15,7 @@ from pathssl.models.backbones import ResNetBackbone, ViTBackbone
 from pathssl.ssl import dist
 from pathssl.ssl.base import METHODS, SSLMethod, collapse_std
 from pathssl.ssl.jigsaw import JigsawTiles
+from pathssl.ssl.patches import patch_multiple
 
 
 def nce_memory_loss(
@@ -102,7 +103,7 @@ class PIRL(SSLMethod):
             patch_fraction,
             jitter_fraction,
             permutation_seed,
-            multiple=int(getattr(backbone, "patch_size", 1)),
+            multiple=patch_multiple(backbone),
         )
         self.image_head = nn.Linear(self.embed_dim, proj_dim)
         self.tile_head = nn.Linear(self.embed_dim, proj_dim)
