@@ -125,3 +125,29 @@ def test_models_do_not_import_ssl() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_conv_taps_match_torchvision_feature_extraction(name: str) -> None:
+    """The five taps equal torchvision's own intermediate outputs of the same weights."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    from pathssl.models.backbones import ConvBackbone
+
+    torch.manual_seed(0)
+    trunk = build_backbone(name).eval()
+    assert isinstance(trunk, ConvBackbone)
+    ref = getattr(torchvision.models, name)().eval()
+    ref.load_state_dict(trunk.state_dict(), strict=False)
+    nodes = {"relu": "s2", "layer1": "s4", "layer2": "s8", "layer3": "s16", "layer4": "s32"}
+    want = create_feature_extractor(ref, nodes)
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        taps = trunk.forward_taps(x)
+        expect = list(want(x).values())
+        pooled = trunk(x)
+    assert [t.shape[1] for t in taps] == trunk.tap_channels
+    for i, (t, e) in enumerate(zip(taps, expect, strict=True)):
+        assert t.shape[-2:] == (64 >> (i + 1), 96 >> (i + 1))
+        torch.testing.assert_close(t, e)
+    torch.testing.assert_close(pooled, expect[-1].mean(dim=(2, 3)))

@@ -1,6 +1,7 @@
 """Backbones (ResNet, ViT) by name; the projector heads SSL methods put on them live in
 :mod:`pathssl.ssl.heads`."""
 
+from pathssl.models import resnet_v2, split, vit_variants
 from pathssl.models.backbones import (
     BACKBONES,
     ResNetBackbone,
@@ -14,5 +15,8 @@ __all__ = [
     "ResNetBackbone",
     "ViTBackbone",
     "build_backbone",
+    "resnet_v2",
+    "split",
     "trunk_state_dict",
+    "vit_variants",
 ]

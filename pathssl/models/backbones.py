@@ -28,13 +28,69 @@ from pathssl.registry import Registry
 BACKBONES: Registry = Registry("backbone")
 
 
-class ResNetBackbone(ResNet):
+class ConvBackbone(nn.Module):
+    """What every convolutional trunk offers (ResNets, ResNet-v2, split ResNets): five feature
+    maps at strides 2, 4, 8, 16, 32 (the taps dense heads such as the nuclei decoder and
+    multi-stage mixtures read), ``tap_channels`` their widths, ``embed_dim`` the pooled width.
+
+    Subclasses implement :meth:`tap_stages`; ``forward_features`` is the stride-32 map and
+    ``forward`` its global average.
+    """
+
+    embed_dim: int
+    tap_channels: list[int]
+
+    def tap_stages(self) -> list[nn.Module]:
+        """The trunk as 5 consecutive modules, input to output: stem (stride 2), then the
+        stages ending at strides 4, 8, 16 and 32 (also the unit of partial fine-tuning)."""
+        raise NotImplementedError
+
+    def forward_taps(self, x: Tensor) -> list[Tensor]:
+        """``(B, 3, H, W)`` -> 5 maps ``(B, tap_channels[i], H / 2**(i+1), W / 2**(i+1))``."""
+        feats = []
+        for stage in self.tap_stages():
+            x = stage(x)
+            feats.append(x)
+        return feats
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``(B, 3, H, W) -> (B, embed_dim, H/32, W/32)`` feature map (before pooling)."""
+        return self.forward_taps(x)[-1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, 3, H, W) -> (B, embed_dim)``; any input size (global average pooling)."""
+        return torch.flatten(F.adaptive_avg_pool2d(self.forward_features(x), 1), 1)
+
+
+class ResNetBackbone(ResNet, ConvBackbone):
     """torchvision ResNet without ``fc``; ``forward`` returns globally pooled features."""
+
+    # torchvision's attributes, declared for the type checker
+    conv1: nn.Conv2d
+    bn1: nn.BatchNorm2d
+    relu: nn.ReLU
+    maxpool: nn.MaxPool2d
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
+    avgpool: nn.AdaptiveAvgPool2d
 
     def __init__(self, block: type[BasicBlock | Bottleneck], layers: list[int]) -> None:
         super().__init__(block, layers)
         self.embed_dim: int = 512 * block.expansion
+        w = self.embed_dim // 8  # 64 (BasicBlock) or 256 (Bottleneck) after layer1
+        self.tap_channels: list[int] = [64, w, 2 * w, 4 * w, 8 * w]
         self.fc = nn.Identity()  # no parameters: state_dict keys stay fc-free
+
+    def tap_stages(self) -> list[nn.Module]:
+        return [
+            nn.Sequential(self.conv1, self.bn1, self.relu),
+            nn.Sequential(self.maxpool, self.layer1),
+            self.layer2,
+            self.layer3,
+            self.layer4,
+        ]
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``(B, 3, H, W) -> (B, embed_dim, H/32, W/32)`` feature map (before pooling)."""
@@ -123,7 +179,7 @@ class ViTBackbone(VisionTransformer):
         return self.forward_features(x)[:, 0]
 
 
-Backbone = ResNetBackbone | ViTBackbone
+Backbone = ConvBackbone | ViTBackbone
 
 
 @BACKBONES.register("resnet18")
@@ -156,10 +212,10 @@ def vit_tiny(image_size: int = 64, patch_size: int = 16) -> ViTBackbone:
     return ViTBackbone(image_size, patch_size, depth=2, num_heads=2, hidden_dim=64, mlp_dim=128)
 
 
-def build_backbone(name: str, **kwargs: object) -> ResNetBackbone | ViTBackbone:
+def build_backbone(name: str, **kwargs: object) -> Backbone:
     """Build a registered backbone by name (``BACKBONES.names()`` lists them)."""
     model = BACKBONES.build(name, **kwargs)
-    assert isinstance(model, ResNetBackbone | ViTBackbone)
+    assert isinstance(model, ConvBackbone | ViTBackbone)
     return model
 
 

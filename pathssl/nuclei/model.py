@@ -14,7 +14,8 @@ The keys are MONAI's (``monai.apps.pathology`` ``HoVerNetBranch``), so
 as it is. MONAI's own ``HoVerNet`` has a fixed pre-activation ResNet-50 encoder; here any
 ``pathssl.models.backbones`` trunk is used:
 
-* ResNets: taps after the stem (stride 2) and after ``layer1`` .. ``layer4`` (strides 4 .. 32);
+* convolutional trunks (ResNets): their five taps, after the stem (stride 2) and after each
+  stage (``layer1`` .. ``layer4``, strides 4 .. 32);
 * ViTs: patch tokens (stride 16) through a small simple-feature-pyramid adapter (Li et al. 2022,
   ViTDet: transposed convolutions to strides 4 and 8, max-pooling to 32) plus a convolutional
   stem on the image for stride 2.
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pathssl.models.backbones import ResNetBackbone, ViTBackbone, build_backbone
+from pathssl.models.backbones import ConvBackbone, ViTBackbone, build_backbone
 
 NP_KEY = "nucleus_prediction"
 HV_KEY = "horizontal_vertical"
@@ -49,21 +50,15 @@ def conv_bn_relu(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Sequent
     )
 
 
-class ResNetEncoder(nn.Module):
-    """``(B, 3, H, W)`` -> 5 maps at strides 2, 4, 8, 16, 32 (``channels`` lists their widths)."""
+class ConvEncoder(nn.Module):
+    """``(B, 3, H, W)`` -> 5 maps at strides 2, 4, 8, 16, 32 (``channels`` lists their widths):
+    the taps of any convolutional trunk (:class:`~pathssl.models.backbones.ConvBackbone`)."""
 
-    def __init__(self, backbone: ResNetBackbone) -> None:
+    def __init__(self, backbone: ConvBackbone) -> None:
         super().__init__()
         self.backbone = backbone
-        w = backbone.embed_dim // 8  # 64 (BasicBlock) or 256 (Bottleneck) after layer1
-        self.channels: list[int] = [64, w, 2 * w, 4 * w, 8 * w]
-        self.stages: list[nn.Module] = [
-            nn.Sequential(backbone.conv1, backbone.bn1, backbone.relu),
-            nn.Sequential(backbone.maxpool, backbone.layer1),
-            backbone.layer2,
-            backbone.layer3,
-            backbone.layer4,
-        ]
+        self.channels: list[int] = list(backbone.tap_channels)
+        self.stages: list[nn.Module] = backbone.tap_stages()
 
     def forward(self, x: Tensor) -> list[Tensor]:
         feats = []
@@ -181,7 +176,7 @@ class NucleiModel(nn.Module):
 
     def __init__(
         self,
-        encoder: ResNetEncoder | ViTEncoder,
+        encoder: ConvEncoder | ViTEncoder,
         head: HoVerNetHead,
         mean: Sequence[float],
         std: Sequence[float],
@@ -259,8 +254,8 @@ def build_nuclei_model(
     trunk = build_backbone(backbone, **(backbone_params or {}))
     if trunk_state is not None:
         trunk.load_state_dict(trunk_state, strict=True)
-    encoder: ResNetEncoder | ViTEncoder = (
-        ResNetEncoder(trunk) if isinstance(trunk, ResNetBackbone) else ViTEncoder(trunk)
+    encoder: ConvEncoder | ViTEncoder = (
+        ViTEncoder(trunk) if isinstance(trunk, ViTBackbone) else ConvEncoder(trunk)
     )
     head = HoVerNetHead(encoder.channels, num_types, widths, shared_decoder)
     return NucleiModel(encoder, head, mean, std, finetune, trainable_stages)

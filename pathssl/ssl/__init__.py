@@ -10,9 +10,14 @@ from pathssl.ssl import (
     mae,
     maskfeat,
     moco,
+    multitask,
+    orl,
     pirl,
     rotation,
+    s4l,
     simclr,
+    split_brain,
+    supervised,
     swav,
 )
 from pathssl.ssl.base import METHODS, SSLMethod
@@ -29,8 +34,13 @@ __all__ = [
     "mae",
     "maskfeat",
     "moco",
+    "multitask",
+    "orl",
     "pirl",
     "rotation",
+    "s4l",
     "simclr",
+    "split_brain",
+    "supervised",
     "swav",
 ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pathssl.models.backbones import ResNetBackbone, ViTBackbone
+from pathssl.models.backbones import Backbone
 from pathssl.ssl.base import METHODS, SSLMethod, collapse_std
 from pathssl.ssl.heads import MLPHead
 from pathssl.ssl.losses import barlow_twins_loss
@@ -21,7 +21,7 @@ class BarlowTwins(SSLMethod):
 
     def __init__(
         self,
-        backbone: ResNetBackbone | ViTBackbone,
+        backbone: Backbone,
         proj_dim: int = 8192,
         lambd: float = 0.0051,
     ) -> None:

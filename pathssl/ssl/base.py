@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pathssl.models.backbones import ResNetBackbone, ViTBackbone
+from pathssl.models.backbones import Backbone, ViTBackbone
 from pathssl.registry import Registry
 
 METHODS: Registry = Registry("ssl method")
@@ -57,7 +57,7 @@ class SSLMethod(nn.Module):
     input_mean: Tensor
     input_std: Tensor
 
-    def __init__(self, backbone: ResNetBackbone | ViTBackbone) -> None:
+    def __init__(self, backbone: Backbone) -> None:
         super().__init__()
         if self.vit_only and not isinstance(backbone, ViTBackbone):
             raise TypeError(f"{type(self).__name__} needs a ViT backbone, got {type(backbone)}")

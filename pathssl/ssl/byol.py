@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from pathssl.models.backbones import ResNetBackbone, ViTBackbone
+from pathssl.models.backbones import Backbone
 from pathssl.ssl.base import METHODS, MomentumTargetMethod, collapse_std
 from pathssl.ssl.heads import MLPHead
 from pathssl.ssl.losses import byol_loss
@@ -23,7 +23,7 @@ class BYOL(MomentumTargetMethod):
 
     def __init__(
         self,
-        backbone: ResNetBackbone | ViTBackbone,
+        backbone: Backbone,
         proj_hidden_dim: int = 4096,
         proj_dim: int = 256,
         momentum: float = 0.996,

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pathssl.models.backbones import ResNetBackbone, ViTBackbone
+from pathssl.models.backbones import Backbone
 from pathssl.ssl import dist
 from pathssl.ssl.base import METHODS, SSLMethod, collapse_std
 from pathssl.ssl.colour_bins import (
@@ -100,7 +100,7 @@ class Colorization(SSLMethod):
 
     def __init__(
         self,
-        backbone: ResNetBackbone | ViTBackbone,
+        backbone: Backbone,
         space: str = "lab",
         grid_step: float = 10.0,
         num_bins: int = 32,

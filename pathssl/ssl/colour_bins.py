@@ -17,7 +17,7 @@ from torch import Tensor
 
 from pathssl.augment.stain import RGB_FROM_HED
 from pathssl.augment.torch_color import lab_to_rgb, rgb_to_lab, rgb_to_space
-from pathssl.models.backbones import ResNetBackbone, ViTBackbone
+from pathssl.models.backbones import Backbone, ViTBackbone
 
 SPACES = ("lab", "hed")
 
@@ -95,7 +95,7 @@ def soft_encode(values: Tensor, centres: Tensor, neighbours: int, sigma: float) 
     return out.reshape(b, h, w, -1).permute(0, 3, 1, 2)
 
 
-def dense_features(backbone: ResNetBackbone | ViTBackbone, x: Tensor) -> Tensor:
+def dense_features(backbone: Backbone, x: Tensor) -> Tensor:
     """``(B, 3, H, W)`` -> a feature map ``(B, C, h, w)``: the ResNet's last stage (stride 32)
     or the ViT's patch tokens on their grid (stride = patch size)."""
     if isinstance(backbone, ViTBackbone):

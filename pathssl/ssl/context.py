@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pathssl.models.backbones import ResNetBackbone, ViTBackbone
+from pathssl.models.backbones import Backbone
 from pathssl.ssl.base import METHODS, SSLMethod, collapse_std
 from pathssl.ssl.heads import MLPHead
 from pathssl.ssl.patches import (
@@ -61,7 +61,7 @@ class ContextPrediction(SSLMethod):
 
     def __init__(
         self,
-        backbone: ResNetBackbone | ViTBackbone,
+        backbone: Backbone,
         patch_fraction: float = 2 / 3,
         jitter_fraction: float = 0.05,
         normalise: bool = True,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from pathssl.models.backbones import ResNetBackbone, ViTBackbone
+from pathssl.models.backbones import Backbone
 from pathssl.ssl import dist
 from pathssl.ssl.base import METHODS, MomentumTargetMethod, collapse_std, multi_crop_apply
 from pathssl.ssl.heads import DINOHead
@@ -31,7 +31,7 @@ class DINO(MomentumTargetMethod):
 
     def __init__(
         self,
-        backbone: ResNetBackbone | ViTBackbone,
+        backbone: Backbone,
         out_dim: int = 65536,
         hidden_dim: int = 2048,
         bottleneck_dim: int = 256,

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pathssl.models.backbones import ResNetBackbone, ViTBackbone
+from pathssl.models.backbones import Backbone
 from pathssl.ssl.base import METHODS, SSLMethod, collapse_std
 from pathssl.ssl.heads import MLPHead
 from pathssl.ssl.patches import grid_tiles, patch_multiple
@@ -75,7 +75,7 @@ class Jigsaw(SSLMethod):
 
     def __init__(
         self,
-        backbone: ResNetBackbone | ViTBackbone,
+        backbone: Backbone,
         num_permutations: int = 1000,
         permutation_seed: int = 0,
         grid: int = 3,

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from pathssl.augment.masking import split_by_mask
-from pathssl.models.backbones import ResNetBackbone, ViTBackbone
+from pathssl.models.backbones import Backbone
 from pathssl.ssl.base import METHODS, collapse_std
 from pathssl.ssl.losses import masked_patch_loss, patchify
 from pathssl.ssl.masked import MaskedImageMethod
@@ -44,7 +44,7 @@ class MAE(MaskedImageMethod):
 
     def __init__(
         self,
-        backbone: ResNetBackbone | ViTBackbone,
+        backbone: Backbone,
         mask_ratio: float = 0.75,
         decoder_dim: int = 512,
         decoder_depth: int = 8,

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from pathssl.augment.masking import random_patch_mask
-from pathssl.models.backbones import ResNetBackbone, ViTBackbone
+from pathssl.models.backbones import Backbone, ViTBackbone
 from pathssl.ssl.base import SSLMethod
 
 
@@ -23,7 +23,7 @@ class MaskedImageMethod(SSLMethod):
 
     vit_only = True
 
-    def __init__(self, backbone: ResNetBackbone | ViTBackbone, mask_ratio: float) -> None:
+    def __init__(self, backbone: Backbone, mask_ratio: float) -> None:
         super().__init__(backbone)
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from pathssl.models.backbones import ResNetBackbone, ViTBackbone
+from pathssl.models.backbones import Backbone
 from pathssl.ssl.base import METHODS, collapse_std
 from pathssl.ssl.hog import hog_dim, hog_patch_features
 from pathssl.ssl.losses import masked_patch_loss
@@ -30,7 +30,7 @@ class MaskFeat(MaskedImageMethod):
 
     def __init__(
         self,
-        backbone: ResNetBackbone | ViTBackbone,
+        backbone: Backbone,
         mask_ratio: float = 0.4,
         cell_size: int = 8,
         nbins: int = 9,

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pathssl.models.backbones import ResNetBackbone, ViTBackbone
+from pathssl.models.backbones import Backbone, ViTBackbone
 from pathssl.ssl import dist
 from pathssl.ssl.base import METHODS, MomentumTargetMethod, collapse_std
 from pathssl.ssl.heads import MLPHead
@@ -45,7 +45,7 @@ class MoCoV2(MomentumTargetMethod):
 
     def __init__(
         self,
-        backbone: ResNetBackbone | ViTBackbone,
+        backbone: Backbone,
         proj_hidden_dim: int = 2048,
         proj_dim: int = 128,
         queue_size: int = 65536,
@@ -136,7 +136,7 @@ class MoCoV3(MomentumTargetMethod):
 
     def __init__(
         self,
-        backbone: ResNetBackbone | ViTBackbone,
+        backbone: Backbone,
         hidden_dim: int = 4096,
         out_dim: int = 256,
         temperature: float = 0.2,

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pathssl.models.backbones import ResNetBackbone, ViTBackbone
+from pathssl.models.backbones import Backbone
 from pathssl.ssl import dist
 from pathssl.ssl.base import METHODS, SSLMethod, collapse_std
 from pathssl.ssl.jigsaw import JigsawTiles
@@ -78,7 +78,7 @@ class PIRL(SSLMethod):
 
     def __init__(
         self,
-        backbone: ResNetBackbone | ViTBackbone,
+        backbone: Backbone,
         proj_dim: int = 128,
         bank_size: int = 65536,
         num_negatives: int = 32000,

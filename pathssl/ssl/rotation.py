@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pathssl.models.backbones import ResNetBackbone, ViTBackbone
+from pathssl.models.backbones import Backbone
 from pathssl.ssl.base import METHODS, SSLMethod, collapse_std
 from pathssl.ssl.heads import MLPHead
 
@@ -39,7 +39,7 @@ class Rotation(SSLMethod):
 
     def __init__(
         self,
-        backbone: ResNetBackbone | ViTBackbone,
+        backbone: Backbone,
         head_layers: int = 1,
         head_hidden_dim: int = 512,
     ) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pathssl.models.backbones import ResNetBackbone, ViTBackbone
+from pathssl.models.backbones import Backbone
 from pathssl.ssl.base import METHODS, SSLMethod, collapse_std
 from pathssl.ssl.heads import MLPHead
 from pathssl.ssl.losses import nt_xent
@@ -22,7 +22,7 @@ class SimCLR(SSLMethod):
 
     def __init__(
         self,
-        backbone: ResNetBackbone | ViTBackbone,
+        backbone: Backbone,
         proj_hidden_dim: int = 2048,
         proj_dim: int = 128,
         temperature: float = 0.1,

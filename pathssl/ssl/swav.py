@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pathssl.models.backbones import ResNetBackbone, ViTBackbone
+from pathssl.models.backbones import Backbone
 from pathssl.ssl import dist
 from pathssl.ssl.base import METHODS, SSLMethod, collapse_std, multi_crop_apply
 from pathssl.ssl.heads import MLPHead
@@ -45,7 +45,7 @@ class SwAV(SSLMethod):
 
     def __init__(
         self,
-        backbone: ResNetBackbone | ViTBackbone,
+        backbone: Backbone,
         proj_hidden_dim: int = 2048,
         proj_dim: int = 128,
         num_prototypes: int = 3000,

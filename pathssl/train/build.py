@@ -21,7 +21,7 @@ import pathssl.ssl  # noqa: F401  (registers every method)
 from pathssl import __version__
 from pathssl.augment import RECIPES, ViewRecipe, build_recipe
 from pathssl.data import ResumableSampler, TileDataset, collate_jpeg, collate_uint8, tile_mean_std
-from pathssl.models.backbones import BACKBONES, ResNetBackbone, build_backbone
+from pathssl.models.backbones import BACKBONES, ConvBackbone, build_backbone
 from pathssl.ssl.base import METHODS, SSLMethod
 from pathssl.train.assemble import (
     assemble,
@@ -295,7 +295,7 @@ def build_trainer(
         rank=dist_info.rank,
     )
     loader = build_loader(cfg, dataset, sampler, pin=device.type == "cuda")
-    cnn = isinstance(method.backbone, ResNetBackbone)
+    cnn = isinstance(method.backbone, ConvBackbone)
     channels_last = t.channels_last and cnn and device.type == "cuda"
     method = sync_batchnorm(method, dist_info.world_size, device)
     method.to(device)

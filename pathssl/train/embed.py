@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from pathssl.data import TileDataset, collate_uint8
-from pathssl.models.backbones import ResNetBackbone, ViTBackbone
+from pathssl.models.backbones import Backbone
 from pathssl.models.pretrained import load_pretrained
 from tiling.atomic import replace_dir
 from tiling.errors import UsageError
@@ -30,7 +30,7 @@ from tiling.outputs import check_output_file
 from tiling.store import read_attrs
 
 
-def load_trunk(checkpoint: str | Path) -> tuple[ResNetBackbone | ViTBackbone, dict[str, Any]]:
+def load_trunk(checkpoint: str | Path) -> tuple[Backbone, dict[str, Any]]:
     """The pretrained backbone (eval mode, CPU) and the checkpoint's ``meta``."""
     return load_pretrained(checkpoint)
 
