@@ -8,7 +8,8 @@ Layouts (each gives a :class:`LabelledTiles`):
 * :func:`store_tiles` -- a ``pathssl tile`` store plus a CSV of ``index,label`` rows.
 
 Class names are sorted strings unless ``class_names`` fixes the order; rows with an empty label
-are skipped. Images are read with OpenCV, converted to RGB and resized to ``size x size``.
+are skipped. Images are read as RGB by the package's one reader
+(:func:`pathssl.data.images.read_rgb`) and resized to ``size x size``.
 
 Resolution: a :class:`LabelledTiles` carries its ``mpp`` (a tile store records it; folders and
 CSVs take it as an argument, e.g. from a config). :class:`TileImages` given the encoder's
@@ -30,6 +31,8 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 from torch.utils.data import Dataset
+
+from pathssl.data.images import read_rgb
 
 if TYPE_CHECKING:
     from pathssl.eval.config import DataConfig, SourceConfig
@@ -279,10 +282,7 @@ class TileImages(Dataset[tuple[Tensor, int]]):
         if self._store is not None:
             assert isinstance(src, int)
             return np.asarray(self._store[src], dtype=np.uint8)
-        bgr = cv2.imread(str(src), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise OSError(f"cannot read image {src}")
-        return np.asarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), dtype=np.uint8)
+        return read_rgb(src)
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
         img = self.image(i)
