@@ -4,14 +4,16 @@
 A pretraining checkpoint (``pathssl pretrain``) is a ``torch.save`` dict with ``"trunk"`` (a
 torchvision-named backbone state dict) and ``"meta"`` (``backbone`` name, optional
 ``backbone_params`` / ``image_size``, normalisation ``mean`` / ``std``, ``tile_mpp``); see
-``pathssl/train/checkpoint.py``. Without a checkpoint the backbone is randomly initialised (a
+``pathssl/train/checkpoint.py``. External encoder files (torchvision ImageNet weights, timm /
+DINO / DINOv2 checkpoints, published pathology encoders, BiT ``.npz``) load through the same call
+(:mod:`pathssl.models.external`). Without a checkpoint the backbone is randomly initialised (a
 useful floor for any probe). :func:`tile_dataset` reads labelled tiles at the encoder's
 ``tile_mpp``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,10 +24,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from pathssl.eval.data import LabelledTiles, TileImages
 from pathssl.models.backbones import Backbone, build_backbone
+from pathssl.models.external import IMAGENET_MEAN, IMAGENET_STD
 from pathssl.models.pretrained import load_pretrained
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -50,28 +50,52 @@ def load_encoder(
     checkpoint: str | Path | None = None,
     image_size: int = 224,
     seed: int = 0,
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    tile_mpp: float | str | None = None,
 ) -> Encoder:
-    """The checkpoint's trunk (its ``meta`` names the backbone and normalisation), or, without a
-    checkpoint, a randomly initialised ``backbone`` (seeded) with ImageNet normalisation."""
+    """The checkpoint's trunk, or, without a checkpoint, a randomly initialised ``backbone``
+    (seeded) with ImageNet normalisation (or ``mean``/``std``) and ``tile_mpp`` as given.
+
+    ``checkpoint``: a pathssl pretraining checkpoint (its ``meta`` names the backbone,
+    normalisation and ``tile_mpp``) or an external encoder file (``torchvision:resnet50``, a timm
+    / DINO / DINOv2 ``.pth`` / ``.bin`` / ``.safetensors``, a BiT ``.npz``:
+    :mod:`pathssl.models.external`), whose ``mean``/``std``/``tile_mpp`` come from the
+    arguments (required unless its layout defines them; ``tile_mpp="none"``: unknown)."""
     if checkpoint is None:
         if backbone is None:
             raise ValueError("give a backbone name or a checkpoint")
         torch.manual_seed(seed)
         params: dict[str, Any] = {"image_size": image_size} if backbone.startswith("vit") else {}
         model = build_backbone(backbone, **params)
-        return Encoder(model.eval(), IMAGENET_MEAN, IMAGENET_STD, backbone)
-    model, meta = load_pretrained(checkpoint, expect_backbone=backbone, image_size=image_size)
+        m, s = mean or IMAGENET_MEAN, std or IMAGENET_STD
+        mpp = None if tile_mpp is None or str(tile_mpp).lower() == "none" else float(tile_mpp)
+        return Encoder(model.eval(), _rgb(m), _rgb(s), backbone, mpp)
+    model, meta = load_pretrained(
+        checkpoint,
+        expect_backbone=backbone,
+        image_size=image_size,
+        mean=mean,
+        std=std,
+        tile_mpp=tile_mpp,
+    )
     name = str(meta.get("backbone", backbone))
-    mean = tuple(float(v) for v in meta.get("mean", IMAGENET_MEAN))
-    std = tuple(float(v) for v in meta.get("std", IMAGENET_STD))
     mpp = meta.get("tile_mpp")
     return Encoder(
         model.eval(),
-        (mean[0], mean[1], mean[2]),
-        (std[0], std[1], std[2]),
+        _rgb(meta.get("mean", IMAGENET_MEAN)),
+        _rgb(meta.get("std", IMAGENET_STD)),
         name,
         float(mpp) if mpp is not None else None,
     )
+
+
+def _rgb(values: Sequence[float]) -> tuple[float, float, float]:
+    v = [float(x) for x in values]
+    if len(v) != 3:
+        raise ValueError(f"mean and std take 3 values (R, G, B), got {v}")
+    return v[0], v[1], v[2]
 
 
 def tile_dataset(

@@ -1,13 +1,16 @@
-"""Reading a pretraining checkpoint's encoder: the one place every later stage loads it from.
+"""Reading an encoder: the one place every later stage loads it from.
 
 A checkpoint written by ``pathssl pretrain`` is a ``torch.save`` dict with ``"trunk"`` (the
 backbone's state dict with torchvision parameter names) and ``"meta"`` (``backbone`` name, optional
-``backbone_params`` / ``image_size``, normalisation ``mean`` / ``std``, ``tile_mpp``, ...).
+``backbone_params`` / ``image_size``, normalisation ``mean`` / ``std``, ``tile_mpp``, ...). Any
+other encoder file (torchvision ImageNet weights, timm / DINO / DINOv2 checkpoints, published
+pathology encoders, BiT ``.npz``) goes to :mod:`pathssl.models.external`, which maps its keys onto
+a registered backbone and returns the same ``(trunk, meta)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,16 +92,41 @@ def read_checkpoint(
 
 
 def read_pretrained(
-    path: str | Path, expect_backbone: str | None = None
+    path: str | Path,
+    expect_backbone: str | None = None,
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    tile_mpp: float | str | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """``(trunk state dict, meta)`` of a pretraining checkpoint (tensors-only loading).
+    """``(trunk state dict, meta)`` of an encoder file (tensors-only loading): a pathssl
+    pretraining checkpoint, or an external one (torchvision, timm, DINO/DINOv2 ``.pth`` /
+    ``.bin`` / ``.safetensors``, BiT ``.npz``, ``torchvision:NAME``), mapped onto a registered
+    backbone by :func:`pathssl.models.external.read_external`.
 
-    Raises FileNotFoundError for a missing file, :class:`CheckpointError` (a ValueError) for a
-    damaged file or one of another kind (:func:`checkpoint_kind`), and ValueError when
-    ``expect_backbone`` is given and the checkpoint holds another backbone.
+    ``mean`` / ``std`` / ``tile_mpp``: for files that do not record them (external files: see
+    :mod:`pathssl.models.external` for which are required); a pathssl checkpoint's recorded
+    values win, arguments only fill what it lacks. Raises FileNotFoundError for a missing file,
+    :class:`CheckpointError` (a ValueError) for a damaged file, a pathssl checkpoint of another
+    kind (:func:`checkpoint_kind`) or an unrecognised key layout, and ValueError when
+    ``expect_backbone`` is given and the file holds another backbone.
     """
-    ckpt = read_checkpoint(path, expect="pretrain")
+    from pathssl.models import external  # it reads files with read_checkpoint: imported here
+
+    path = external.resolve(path)
+    kw: dict[str, Any] = {"mean": mean, "std": std, "tile_mpp": tile_mpp}
+    if path.suffix in (".npz", ".safetensors"):
+        return external.read_external(path, expect_backbone, **kw)
+    ckpt = read_checkpoint(path)
+    kind = checkpoint_kind(ckpt)
+    if kind == "unknown":
+        return external.read_external(path, expect_backbone, loaded=ckpt, **kw)
+    if kind != "pretrain":
+        raise CheckpointError(f"{path} is {KINDS[kind]}, expected {KINDS['pretrain']}")
     meta: dict[str, Any] = dict(ckpt.get("meta", {}))
+    for key, value in kw.items():
+        if value is not None and meta.get(key) is None:
+            meta[key] = None if str(value).strip().lower() == "none" else value
     name = meta.get("backbone")
     if expect_backbone is not None and name not in (None, expect_backbone):
         raise ValueError(f"checkpoint {path} holds a {name} trunk, not {expect_backbone}")
@@ -106,12 +134,18 @@ def read_pretrained(
 
 
 def load_pretrained(
-    path: str | Path, expect_backbone: str | None = None, image_size: int | None = None
+    path: str | Path,
+    expect_backbone: str | None = None,
+    image_size: int | None = None,
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    tile_mpp: float | str | None = None,
 ) -> tuple[Backbone, dict[str, Any]]:
-    """The checkpoint's backbone, built by name from its ``meta`` with its weights loaded
-    (eval mode, CPU), and the ``meta``. ``image_size`` is the ViT input size when the
-    checkpoint does not record one."""
-    trunk, meta = read_pretrained(path, expect_backbone)
+    """The file's backbone (:func:`read_pretrained`), built by name from its ``meta`` with its
+    weights loaded (eval mode, CPU), and the ``meta``. ``image_size`` is the ViT input size when
+    the file does not record one."""
+    trunk, meta = read_pretrained(path, expect_backbone, mean=mean, std=std, tile_mpp=tile_mpp)
     name = str(meta.get("backbone", expect_backbone))
     params = dict(meta.get("backbone_params", {}))
     if name.startswith("vit"):

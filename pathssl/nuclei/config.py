@@ -153,7 +153,13 @@ class ModelConfig:
     checkpoint's ``tile_mpp`` when ``checkpoint`` is set, else ``data.mpp``); training images
     at another mpp are resampled to it. ``stain_norm``: ``none`` | ``macenko`` | ``reinhard``: fit a
     stain reference on the training images once, store it in ``nuclei.pt``, and normalise
-    prediction inputs to it (``predict.stain_norm``)."""
+    prediction inputs to it (``predict.stain_norm``).
+
+    ``checkpoint`` may also be an external encoder file (torchvision ImageNet weights, a timm /
+    DINO / DINOv2 / published pathology encoder, BiT ``.npz``: :mod:`pathssl.models.external`);
+    ``encoder_mean`` / ``encoder_std`` / ``encoder_tile_mpp`` then give what such a file does not
+    record (mean/std required unless its layout defines them; ``encoder_tile_mpp`` required
+    unless ``model.mpp`` is set). A pathssl checkpoint's recorded values win over them."""
 
     backbone: str = "resnet18"
     mpp: float | None = None
@@ -166,6 +172,9 @@ class ModelConfig:
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
     stain_norm: str = "none"
+    encoder_mean: list[float] | None = None
+    encoder_std: list[float] | None = None
+    encoder_tile_mpp: float | None = None
 
 
 @dataclass
@@ -303,9 +312,15 @@ def check(cfg: NucleiConfig) -> None:
         raise ConfigError(
             f"model.stain_norm: {cfg.model.stain_norm!r} is not one of none, macenko, reinhard"
         )
-    for key, value in (("data.mpp", d.mpp), ("model.mpp", cfg.model.mpp)):
+    m = cfg.model
+    for key, value in (
+        ("data.mpp", d.mpp), ("model.mpp", m.mpp), ("model.encoder_tile_mpp", m.encoder_tile_mpp)
+    ):  # fmt: skip
         if value is not None and not value > 0:
             raise ConfigError(f"{key} must be > 0 micrometres per pixel, got {value}")
+    for key, rgb in (("model.encoder_mean", m.encoder_mean), ("model.encoder_std", m.encoder_std)):
+        if rgb is not None and len(rgb) != 3:
+            raise ConfigError(f"{key}: give 3 values (R, G, B), got {rgb}", key)
     if d.sources:
         defaults = DataConfig()
         mixed = [k for k in LEGACY_KEYS if getattr(d, k) != getattr(defaults, k)]

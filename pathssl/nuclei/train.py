@@ -47,16 +47,45 @@ from pathssl.train.loop import SupervisedStep, Validation
 CHECKPOINT = "nuclei.pt"
 
 
+def read_encoder(cfg: ModelConfig) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Trunk and meta of ``model.checkpoint``: a pathssl pretraining checkpoint or an external
+    encoder file (:mod:`pathssl.models.external`), ``model.encoder_*`` filling what it does not
+    record. With ``model.mpp`` set the encoder's own tile_mpp may be unknown (nothing uses it)."""
+    mpp: float | str | None = cfg.encoder_tile_mpp
+    if mpp is None and cfg.mpp is not None:
+        mpp = "none"
+    return read_pretrained(
+        cfg.checkpoint,
+        expect_backbone=cfg.backbone,
+        mean=cfg.encoder_mean,
+        std=cfg.encoder_std,
+        tile_mpp=mpp,
+    )
+
+
+def with_encoder_params(cfg: NucleiConfig) -> NucleiConfig:
+    """``cfg`` with ``model.params`` completed by the encoder file's build arguments (e.g. a ViT
+    variant's registers), so that the config saved in ``nuclei.pt`` rebuilds the model without
+    the file; ``model.params`` set in the config win."""
+    if not cfg.model.checkpoint:
+        return cfg
+    _, meta = read_encoder(cfg.model)
+    params = {**meta.get("backbone_params", {}), **cfg.model.params}
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, params=params))
+
+
 def build_model(cfg: ModelConfig, num_types: int) -> NucleiModel:
-    """The model a config describes; a pretraining checkpoint supplies trunk and mean/std."""
-    trunk, mean, std = None, cfg.mean, cfg.std
+    """The model a config describes; an encoder file (``model.checkpoint``) supplies trunk,
+    mean/std and its build arguments (:func:`read_encoder`)."""
+    trunk, mean, std, params = None, cfg.mean, cfg.std, dict(cfg.params)
     if cfg.checkpoint:
-        trunk, meta = read_pretrained(cfg.checkpoint, expect_backbone=cfg.backbone)
+        trunk, meta = read_encoder(cfg)
         mean, std = meta.get("mean", mean), meta.get("std", std)
+        params = {**meta.get("backbone_params", {}), **params}
     return build_nuclei_model(
         cfg.backbone,
         num_types,
-        backbone_params=cfg.params,
+        backbone_params=params,
         trunk_state=trunk,
         mean=mean,
         std=std,
@@ -137,7 +166,7 @@ def model_mpp(cfg: NucleiConfig) -> tuple[float, str]:
     if cfg.model.mpp is not None:
         return cfg.model.mpp, "model.mpp"
     if cfg.model.checkpoint:
-        _, meta = read_pretrained(cfg.model.checkpoint, expect_backbone=cfg.model.backbone)
+        _, meta = read_encoder(cfg.model)
         tile_mpp = meta.get("tile_mpp")
         if tile_mpp is not None:
             return float(tile_mpp), f"the tile_mpp of the encoder checkpoint {cfg.model.checkpoint}"
@@ -171,6 +200,7 @@ def train_nuclei(
     t_start = time.perf_counter()
     tc, dc = cfg.train, cfg.data
     check(cfg)
+    cfg = with_encoder_params(cfg)
     check_out_dir(tc.out_dir)
     check_previous_run(tc, {"kind": "nuclei", "backbone": cfg.model.backbone})
     torch.manual_seed(tc.seed)

@@ -1,4 +1,5 @@
-"""Features of every tile of a store from a pretraining checkpoint's trunk.
+"""Features of every tile of a store from a pretraining checkpoint's trunk (or an external
+encoder file, :mod:`pathssl.models.external`).
 
 ``embed_store(store, checkpoint, out)`` writes a zarr v3 group (atomically: a temporary folder
 renamed into place by ``tiling.atomic.replace_dir``) with ``features`` ``(N, D)`` float32 (tile ``i`` -> row ``i``, tiles at
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from torch import Tensor
 
 from pathssl.data import TileDataset, collate_uint8
 from pathssl.models.backbones import Backbone
+from pathssl.models.external import resolve
 from pathssl.models.pretrained import load_pretrained
 from tiling.atomic import replace_dir
 from tiling.errors import UsageError
@@ -30,9 +33,17 @@ from tiling.outputs import check_output_file
 from tiling.store import read_attrs
 
 
-def load_trunk(checkpoint: str | Path) -> tuple[Backbone, dict[str, Any]]:
-    """The pretrained backbone (eval mode, CPU) and the checkpoint's ``meta``."""
-    return load_pretrained(checkpoint)
+def load_trunk(
+    checkpoint: str | Path,
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    tile_mpp: float | str | None = None,
+) -> tuple[Backbone, dict[str, Any]]:
+    """The pretrained backbone (eval mode, CPU) and the checkpoint's ``meta``; ``checkpoint``
+    may be an external encoder file, whose ``mean``/``std``/``tile_mpp`` are then arguments
+    (:mod:`pathssl.models.external`)."""
+    return load_pretrained(checkpoint, mean=mean, std=std, tile_mpp=tile_mpp)
 
 
 @torch.no_grad()
@@ -76,11 +87,16 @@ def embed_store(
     device: str = "auto",
     num_workers: int = 0,
     force: bool = False,
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    tile_mpp: float | str | None = None,
 ) -> Path:
     """Write features of every tile of ``store`` to the zarr group ``out``; returns ``out``.
 
     ``out`` is checked before any work (:func:`check_embed_output`); ``force`` replaces an
-    earlier embed output."""
+    earlier embed output. ``checkpoint``: a pretraining checkpoint or an external encoder file
+    (``mean``/``std``/``tile_mpp`` for files that do not record them, :func:`load_trunk`)."""
     import zarr
 
     if batch_size < 1:
@@ -93,8 +109,9 @@ def embed_store(
     dataset = TileDataset([store])
     if len(dataset.paths) != 1:
         raise ValueError(f"{store}: expected one tile store, found {len(dataset.paths)}")
+    checkpoint = resolve(checkpoint)  # torchvision:NAME -> the hub cache's file
     out = check_embed_output(store, checkpoint, out, force)
-    backbone, meta = load_trunk(checkpoint)
+    backbone, meta = load_trunk(checkpoint, mean=mean, std=std, tile_mpp=tile_mpp)
     backbone.to(dev)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_uint8
@@ -118,6 +135,7 @@ def embed_store(
             "slide_id": dataset.slide_ids[0],
             "tile_mpp": dataset.tile_mpp,
             "method": meta["method"],
+            "encoder_tile_mpp": meta.get("tile_mpp"),
             "backbone": meta["backbone"],
             "mean": meta["mean"],
             "std": meta["std"],
