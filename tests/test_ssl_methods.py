@@ -14,8 +14,13 @@ import torch
 
 from pathssl.models import build_backbone
 from pathssl.ssl import METHODS, SSLMethod
-from pathssl.ssl.base import cosine_schedule
+from pathssl.ssl.base import LabelledBatch, cosine_schedule
 
+# multi-task: two tasks with their own views (1 + 2) and heads
+TINY_TASKS = {
+    "rotation": {"params": {"head_hidden_dim": 32}},
+    "simclr": {"weight": 0.5, "params": {"proj_hidden_dim": 64, "proj_dim": 32}},
+}
 # Small heads for CPU tests; a method missing here is tested with its defaults.
 TINY: dict[str, dict[str, Any]] = {
     "simclr": {"proj_hidden_dim": 64, "proj_dim": 32},
@@ -38,6 +43,12 @@ TINY: dict[str, dict[str, Any]] = {
     "jigsaw": {"num_permutations": 24, "tile_dim": 16, "hidden_dim": 64},
     "pirl": {"proj_dim": 16, "bank_size": 64, "num_negatives": 32, "num_permutations": 24},
     "colorization": {"head_dim": 32, "grid_step": 20.0, "rebalance": True},
+    "orl": {"proj_hidden_dim": 64, "proj_dim": 32, "patch_size": 32},
+    "multitask": {"tasks": TINY_TASKS},
+    "s4l_rotation": {"head_hidden_dim": 32},
+    "s4l_exemplar": {"triplet_dim": 32},
+    "supervised": {},
+    "split_brain": {"head_dim": 32, "grid_step": 20.0, "l_bins": 20},
 }
 BACKBONES = ["vit_tiny", "resnet18"]
 # On a fixed batch MoCo v2's queue fills with this batch's own keys, so its objective only
@@ -99,10 +110,14 @@ def fixed_views(method: SSLMethod, crops: torch.Tensor) -> list[torch.Tensor]:
 
 
 def call(method: SSLMethod, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``method(views)``; a method with a memory bank gets dataset indices 0..B-1."""
+    """``method(views)``; a method with a memory bank gets dataset indices 0..B-1, one that
+    trains on labels gets the same views as its labelled batch, labelled 0, 1, 0, 1, ..."""
+    kwargs: dict[str, Any] = {}
     if method.needs_index:
-        return method(views, index=torch.arange(views[0].shape[0]))  # type: ignore[no-any-return]
-    return method(views)  # type: ignore[no-any-return]
+        kwargs["index"] = torch.arange(views[0].shape[0])
+    if method.needs_labels:
+        kwargs["labelled"] = LabelledBatch(views, torch.arange(views[0].shape[0]) % 2)
+    return method(views, **kwargs)  # type: ignore[no-any-return]
 
 
 def train(

@@ -14,6 +14,11 @@ from pathssl.ssl import METHODS
 from pathssl.train import build_trainer, load_checkpoint, load_config
 from pathssl.train.logger import read_metrics
 
+# multi-task: two tasks with their own views (1 + 2) and heads
+TINY_TASKS = {
+    "rotation": {"params": {"head_hidden_dim": 32}},
+    "simclr": {"weight": 0.5, "params": {"proj_hidden_dim": 64, "proj_dim": 32}},
+}
 # small heads / views for the CPU; backbones: ViT-only methods and a few others on vit_tiny
 TINY: dict[str, dict[str, Any]] = {
     "simclr": {"proj_hidden_dim": 64, "proj_dim": 32},
@@ -30,6 +35,12 @@ TINY: dict[str, dict[str, Any]] = {
     "jigsaw": {"num_permutations": 100, "tile_dim": 16, "hidden_dim": 64},
     "pirl": {"proj_dim": 16, "bank_size": 512, "num_negatives": 64, "num_permutations": 24},
     "colorization": {"head_dim": 32, "grid_step": 20.0, "rebalance": True},
+    "orl": {"proj_hidden_dim": 64, "proj_dim": 32, "patch_size": 32},
+    "multitask": {"tasks": TINY_TASKS},
+    "s4l_rotation": {"head_hidden_dim": 32},
+    "s4l_exemplar": {"triplet_dim": 32},
+    "supervised": {},
+    "split_brain": {"head_dim": 32, "grid_step": 20.0, "l_bins": 20},
 }
 MULTI_CROP = {"local_size": 32, "n_local": 2}
 VIT = {"mae", "maskfeat", "dino", "moco_v3"}
@@ -59,7 +70,54 @@ def tiny_overrides(method: str, store: Path, out: Path, steps: int = 2) -> list[
         "train.threads=1",
         "train.progress=false",
     ]
+    if METHODS.get(method).needs_labels:  # a labelled batch of 4 from a quarter of the crops
+        ov.append("data.labelled={batch_size: 4, num_workers: 0, fraction: 0.25}")
     return ov
+
+
+def write_hgsc_crops(data_dir: Path, folder: Path, crop: int = 32) -> Path:
+    """Nucleus-centred crops of the real ``hgsc_nest.jpg`` labelled with their (model-made)
+    nucleus type, as the demo writes them (``pathssl.demo.knn``): ``folder/train.csv`` (left
+    half) is returned, ``folder/test.csv`` holds the right half."""
+    import numpy as np
+
+    from pathssl.data.images import read_rgb
+    from pathssl.demo.knn import nucleus_crops, write_crops
+
+    nuclei = data_dir / "nuclei"
+    image = read_rgb(nuclei / "hgsc_nest.jpg")
+    inst = np.load(nuclei / "hgsc_nest_inst_mask.npz")["nuc_raster"]
+    types = np.load(nuclei / "hgsc_nest_type_mask.npz")["nuc_raster"]
+    crops, labels, centres = nucleus_crops(image, inst, types, crop)
+    names = ["connective", "inflammatory", "neoplastic"]
+    train_csv, _ = write_crops(folder, crops, labels, centres, names, image.shape[1] // 2)
+    return train_csv
+
+
+def csv_source(train_csv: Path, image_size: int = 64) -> Any:
+    """A :data:`pathssl.train.labelled.LabelledSource` of a CSV of images, read by ``pathssl
+    eval``'s readers (what ``pathssl pretrain`` builds from ``data.labelled.config``)."""
+    from pathssl.eval.data import TileImages, csv_images
+    from pathssl.train.labelled import LabelledSet
+
+    tiles = csv_images(train_csv)
+
+    def read(tile_mpp: float | None) -> LabelledSet:
+        ds = TileImages(tiles, image_size, target_mpp=tile_mpp, log=None)
+        return LabelledSet(ds, tiles.labels, tiles.class_names, str(train_csv))
+
+    return read
+
+
+@pytest.fixture(scope="module")
+def labelled(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return csv_source(write_hgsc_crops(data_dir, tmp_path_factory.mktemp("crops") / "hgsc"))
+
+
+def build_tiny(method: str, overrides: list[str], labelled: Any) -> Any:
+    """``build_trainer`` of a tiny run, with ``labelled`` for a method that trains on labels."""
+    needs = METHODS.get(method).needs_labels
+    return build_trainer(load_config(None, overrides), labelled=labelled if needs else None)
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +134,10 @@ def test_every_method_is_covered() -> None:
 
 
 @pytest.mark.parametrize("method", METHODS.names())
-def test_two_steps_through_the_loop(method: str, store: Path, tmp_path: Path) -> None:
-    cfg = load_config(None, tiny_overrides(method, store, tmp_path))
-    trainer = build_trainer(cfg)
+def test_two_steps_through_the_loop(
+    method: str, store: Path, tmp_path: Path, labelled: Any
+) -> None:
+    trainer = build_tiny(method, tiny_overrides(method, store, tmp_path), labelled)
     trainer.fit()
     assert trainer.step == 2
     records = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "train"]

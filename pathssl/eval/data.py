@@ -282,6 +282,7 @@ class TileImages(Dataset[tuple[Tensor, int]]):
         if self._store is not None:
             assert isinstance(src, int)
             return np.asarray(self._store[src], dtype=np.uint8)
+        assert not isinstance(src, int)
         return read_rgb(src)
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:

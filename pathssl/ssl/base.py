@@ -27,23 +27,43 @@ split-brain) can recover the RGB it saw (:meth:`SSLMethod.raw_rgb`).
 
 A method with ``needs_index = True`` (PIRL's memory bank) is called as
 ``method(views, index=index)`` with each image's dataset index ``(B,)`` long.
+
+A method with ``needs_labels = True`` (S4L, supervised) is called as
+``method(views, labelled=LabelledBatch(views, labels))``: the recipe's views of a batch of
+labelled images ``(B_l, 3, s, s)`` and their class indices ``(B_l,)`` long; its constructor takes
+``num_classes``. With ``uses_tiles = False`` (supervised only) the labelled stream is the only
+stream and ``views`` are the labelled batch's views. ``default_recipe`` names the view recipe a
+method uses when the config names none.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pathssl.config import ConfigError
 from pathssl.models.backbones import Backbone, ViTBackbone
 from pathssl.registry import Registry
 
+if TYPE_CHECKING:
+    from pathssl.augment import ViewRecipe
+
 METHODS: Registry = Registry("ssl method")
 M = TypeVar("M", bound=nn.Module)
+
+
+class LabelledBatch(NamedTuple):
+    """A labelled batch for a ``needs_labels`` method: ``views`` the view recipe's views of the
+    labelled images ``[(B_l, 3, s, s)]`` (normalised like the tiles' views), ``labels`` their
+    class indices ``(B_l,)`` long."""
+
+    views: list[Tensor]
+    labels: Tensor
 
 
 class SSLMethod(nn.Module):
@@ -53,6 +73,12 @@ class SSLMethod(nn.Module):
     vit_only: ClassVar[bool] = False
     #: the method takes each image's dataset index: ``forward(views, index=(B,) long)``
     needs_index: ClassVar[bool] = False
+    #: the method takes labelled images: ``forward(views, labelled=LabelledBatch)``
+    needs_labels: ClassVar[bool] = False
+    #: False: the method trains on the labelled stream only (no unlabelled tiles)
+    uses_tiles: ClassVar[bool] = True
+    #: the view recipe when ``augment.recipe`` is not set (None: the recipe named like the method)
+    default_recipe: ClassVar[str | None] = None
     global_step: Tensor
     input_mean: Tensor
     input_std: Tensor
@@ -73,6 +99,15 @@ class SSLMethod(nn.Module):
 
     def forward(self, views: list[Tensor]) -> dict[str, Tensor]:
         raise NotImplementedError
+
+    @classmethod
+    def own_recipe(
+        cls, params: dict[str, Any], augment_params: dict[str, Any]
+    ) -> ViewRecipe | None:
+        """The view recipe the method builds from its own ``params`` (``method.params``) and
+        ``augment.params`` (multi-task: every task's recipe in turn); None (the default): the
+        recipe ``augment.recipe`` or :attr:`default_recipe` names."""
+        return None
 
     @torch.no_grad()
     def set_input_normalisation(self, mean: list[float], std: list[float]) -> None:
@@ -116,6 +151,25 @@ class SSLMethod(nn.Module):
     def check_views(self, views: list[Tensor], minimum: int) -> None:
         if len(views) < minimum:
             raise ValueError(f"{type(self).__name__} needs >= {minimum} views, got {len(views)}")
+
+
+def recipe_for(method: str, recipe: str | None = None) -> str:
+    """The view recipe of ``method``: ``recipe`` if given, else the method's
+    :attr:`SSLMethod.default_recipe`, else the recipe of the same name (``moco_v2``/``moco_v3``
+    use ``moco``); :class:`~pathssl.config.ConfigError` when there is none."""
+    from pathssl.augment import RECIPES
+
+    if recipe:
+        return recipe
+    default = METHODS.get(method).default_recipe if method in METHODS else None
+    if default:
+        return str(default)
+    if method in RECIPES:
+        return method
+    base = method.rsplit("_v", 1)[0]
+    if base in RECIPES:
+        return base
+    raise ConfigError(f"no view recipe named like method {method!r}: set augment.recipe")
 
 
 def multi_crop_apply(fn: Any, views: list[Tensor]) -> list[Tensor]:

@@ -1,16 +1,13 @@
 """The one place where a :class:`PretrainConfig` becomes objects (dataset, sampler, loader,
-views, method, the online evaluation's hook); optimiser, schedule and trainer come from the one
-training assembly (:mod:`pathssl.train.assemble`). Every other building block takes explicit
-arguments. :func:`pretrain` is ``pathssl pretrain`` as a library call."""
+views and method via :mod:`pathssl.train.methods`, the labelled stream via
+:mod:`pathssl.train.labelled`, the online evaluation's hook); optimiser, schedule and trainer
+come from the one training assembly (:mod:`pathssl.train.assemble`). Every other building block
+takes explicit arguments. :func:`pretrain` is ``pathssl pretrain`` as a library call."""
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import inspect
 import random
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -19,10 +16,9 @@ from torch import nn
 
 import pathssl.ssl  # noqa: F401  (registers every method)
 from pathssl import __version__
-from pathssl.augment import RECIPES, ViewRecipe, build_recipe
 from pathssl.data import ResumableSampler, TileDataset, collate_jpeg, collate_uint8, tile_mean_std
-from pathssl.models.backbones import BACKBONES, ConvBackbone, build_backbone
-from pathssl.ssl.base import METHODS, SSLMethod
+from pathssl.models.backbones import ConvBackbone
+from pathssl.ssl.base import METHODS
 from pathssl.train.assemble import (
     assemble,
     check_out_dir,
@@ -34,120 +30,13 @@ from pathssl.train.assemble import (
 from pathssl.train.checkpoint import load_checkpoint
 from pathssl.train.config import ConfigError, PretrainConfig, to_dict
 from pathssl.train.distributed import DistInfo
-from pathssl.train.loop import Trainer, ViewStep
+from pathssl.train.labelled import LabelledSource, check_labelled, with_labelled_stream
+from pathssl.train.loop import BatchSource, ResumableOrder, Trainer, ViewStep
+from pathssl.train.methods import align_mask, build_method, build_views, sync_batchnorm
 from pathssl.train.online import Evaluator, online_validation, probed_network
 from pathssl.train.optim import scaled_lr
+from pathssl.train.steps import LabelledViewStep
 from tiling.discover import available_cores
-
-
-def check_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any], where: str) -> None:
-    """Fail with the key and its nearest valid names if ``fn`` takes no such keyword."""
-    params = inspect.signature(fn).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    valid = [n for n in params if n != "backbone"]
-    for key in kwargs:
-        if key not in valid:
-            near = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
-            hint = f"; did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
-            raise ConfigError(
-                f"unknown config key '{where}.{key}'{hint} (valid: {', '.join(valid)})"
-            )
-
-
-def _registered(registry: Any, name: str, key: str) -> Callable[..., Any]:
-    if name not in registry:
-        near = difflib.get_close_matches(name, registry.names(), n=3, cutoff=0.4)
-        hint = f"; did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
-        raise ConfigError(
-            f"{key}: unknown {registry.kind} {name!r}{hint} (known: {', '.join(registry.names())})"
-        )
-    fn: Callable[..., Any] = registry.get(name)
-    return fn
-
-
-def recipe_name(method: str, recipe: str | None) -> str:
-    """The view recipe for ``method``: ``recipe`` if given, else the recipe of the same name
-    (``moco_v2``/``moco_v3`` use ``moco``)."""
-    if recipe:
-        return recipe
-    if method in RECIPES:
-        return method
-    base = method.rsplit("_v", 1)[0]
-    if base in RECIPES:
-        return base
-    raise ConfigError(f"no view recipe named like method {method!r}: set augment.recipe")
-
-
-def build_views(cfg: PretrainConfig) -> ViewRecipe:
-    _registered(METHODS, cfg.method.name, "method.name")
-    name = recipe_name(cfg.method.name, cfg.augment.recipe)
-    check_kwargs(_registered(RECIPES, name, "augment.recipe"), cfg.augment.params, "augment.params")
-    return build_recipe(name, **cfg.augment.params)
-
-
-def build_method(cfg: PretrainConfig, recipe: ViewRecipe) -> SSLMethod:
-    """Backbone + method from the config; ViT ``image_size`` and multi-crop ``n_local_views``
-    default to the recipe's (global view size, number of views beyond 2)."""
-    bb_fn = _registered(BACKBONES, cfg.model.backbone, "model.backbone")
-    bb_params = dict(cfg.model.params)
-    check_kwargs(bb_fn, bb_params, "model.params")
-    if "image_size" in inspect.signature(bb_fn).parameters:
-        bb_params.setdefault("image_size", recipe.views[0][0].size)
-    m_fn = _registered(METHODS, cfg.method.name, "method.name")
-    m_params = dict(cfg.method.params)
-    check_kwargs(m_fn, m_params, "method.params")
-    if "n_local_views" in inspect.signature(m_fn).parameters:
-        m_params.setdefault("n_local_views", max(0, recipe.n_views - 2))
-    if recipe.mask_ratio > 0 and "mask_ratio" in inspect.signature(m_fn).parameters:
-        # the recipe draws the mask (augment.params.mask_ratio): one ratio, stated once
-        given = m_params.setdefault("mask_ratio", recipe.mask_ratio)
-        if abs(float(given) - recipe.mask_ratio) > 1e-9:
-            raise ConfigError(
-                f"method.params.mask_ratio {given} differs from the view recipe's mask_ratio "
-                f"{recipe.mask_ratio}: the recipe draws the mask; set augment.params.mask_ratio "
-                "and drop method.params.mask_ratio"
-            )
-    try:
-        method = METHODS.build(
-            cfg.method.name, backbone=build_backbone(cfg.model.backbone, **bb_params), **m_params
-        )
-    except TypeError as exc:
-        raise ConfigError(
-            f"method {cfg.method.name!r} with backbone {cfg.model.backbone!r}: {exc}"
-        ) from None
-    assert isinstance(method, SSLMethod)
-    need = method.n_global_views + method.n_local_views
-    if recipe.n_views < need:
-        raise ConfigError(
-            f"method {cfg.method.name!r} needs {need} views, recipe {recipe.name!r} makes "
-            f"{recipe.n_views}"
-        )
-    return method
-
-
-def sync_batchnorm(method: SSLMethod, world_size: int, device: torch.device) -> SSLMethod:
-    """Across several CUDA processes every BatchNorm of the method (a ResNet's, and the MLP
-    heads' of a ViT method such as MoCo v3's projector and predictor) becomes a SyncBatchNorm,
-    so its statistics are the global batch's. Unchanged on one process or on the CPU, and for a
-    method that says ``sync_bn = False`` (MoCo v2 with Shuffle-BN: global statistics would undo
-    the shuffle; the reference uses no SyncBN)."""
-    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in method.modules())
-    wanted = getattr(method, "sync_bn", True)
-    if world_size > 1 and device.type == "cuda" and has_bn and wanted:
-        converted = nn.SyncBatchNorm.convert_sync_batchnorm(method)
-        assert isinstance(converted, SSLMethod)
-        return converted
-    return method
-
-
-def align_mask(recipe: ViewRecipe, method: SSLMethod) -> ViewRecipe:
-    """A masking recipe's patch grid follows the backbone's patch size (a ViT's 16 px patches,
-    or a test ViT's smaller ones), so the mask it draws fits the method's tokens."""
-    patch = getattr(method.backbone, "patch_size", None)
-    if recipe.mask_ratio > 0 and patch is not None and patch != recipe.patch_size:
-        return dataclasses.replace(recipe, patch_size=int(patch))
-    return recipe
 
 
 def seed_everything(seed: int) -> None:
@@ -232,6 +121,7 @@ def build_trainer(
     dist_info: DistInfo | None = None,
     device: torch.device | None = None,
     evaluator: Evaluator | None = None,
+    labelled: LabelledSource | None = None,
 ) -> Trainer:
     """Everything for a run of ``cfg``: initialises torch.distributed from torchrun's variables
     unless ``dist_info``/``device`` are given. Inputs and outputs are checked before any
@@ -240,7 +130,11 @@ def build_trainer(
 
     ``evaluator``: the online probe (:mod:`pathssl.train.online`), run every ``eval.every``
     steps, choosing ``best.pt`` when ``eval.select_best``; required when ``eval.knn`` is set
-    (``pathssl.eval.online.knn_evaluator`` builds that one)."""
+    (``pathssl.eval.online.knn_evaluator`` builds that one).
+
+    ``labelled``: the labelled set of a method that trains on labels (``needs_labels``: S4L,
+    ``supervised``), read at the tiles' mpp (:mod:`pathssl.train.labelled`); required for such
+    a method and refused for the others."""
     t = cfg.train
     cfg.optim.check("optim")
     t.check("train")
@@ -256,11 +150,16 @@ def build_trainer(
     else:
         configure_runtime(t, device)
     recipe = build_views(cfg)
+    m_cls = METHODS.get(cfg.method.name)
+    check_labelled(cfg.method.name, bool(m_cls.needs_labels), labelled is not None)
+    uses_tiles = bool(m_cls.uses_tiles)
     recipe.check_inputs()  # stain statistics / targets the views name: read before any compute
     encoded = cfg.data.decode == "device" or (cfg.data.decode == "auto" and device.type == "cuda")
     dataset = build_dataset(cfg, encoded=False)  # data errors first, before building models
     recipe.check_tile(dataset.tile_size)
-    check_batch(cfg.data.batch_size, dist_info.world_size, len(dataset))
+    if uses_tiles:
+        check_batch(cfg.data.batch_size, dist_info.world_size, len(dataset))
+    lset = labelled(dataset.tile_mpp) if labelled is not None else None  # read before compute
     if dist_info.is_main:
         for warning in suspicious(
             cfg.data.batch_size,
@@ -280,21 +179,34 @@ def build_trainer(
     if evaluator is not None and dist_info.is_main:  # its images read now: errors at the start
         evaluator.prepare(dataset.tile_mpp)
     seed_everything(t.seed)  # identical initial weights and buffers on every rank
-    method = build_method(cfg, recipe)
+    method = build_method(cfg, recipe, len(lset.class_names) if lset is not None else None)
     recipe = align_mask(recipe, method)
     if encoded and dataset.store(0).codec != "jpeg":
         encoded = False
     dataset.encoded = encoded
     mean, std = tile_mean_std(dataset, n=cfg.data.norm_tiles, seed=t.seed)
     method.set_input_normalisation(mean, std)  # views arrive normalised: colour methods undo it
-    sampler = ResumableSampler(
+    tile_sampler = ResumableSampler(
         dataset.slide_index,
         seed=t.seed,
         balance_slides=cfg.data.balance_slides,
         num_replicas=dist_info.world_size,
         rank=dist_info.rank,
     )
-    loader = build_loader(cfg, dataset, sampler, pin=device.type == "cuda")
+    loader: BatchSource = build_loader(cfg, dataset, tile_sampler, pin=device.type == "cuda")
+    sampler: ResumableOrder = tile_sampler
+    labelled_meta = None
+    if lset is not None:
+        loader, sampler, labelled_meta = with_labelled_stream(
+            loader,
+            sampler,
+            lset,
+            cfg.data.labelled,
+            tiles_batch=cfg.data.batch_size if uses_tiles else None,
+            order_seed=t.seed,
+            dist_info=dist_info,
+            pin=device.type == "cuda",
+        )
     cnn = isinstance(method.backbone, ConvBackbone)
     channels_last = t.channels_last and cnn and device.type == "cuda"
     method = sync_batchnorm(method, dist_info.world_size, device)
@@ -325,13 +237,13 @@ def build_trainer(
         "config": to_dict(cfg),
         "pathssl_version": __version__,
     }
-    views = ViewStep(
-        recipe.torch(tile_mpp=dataset.tile_mpp).to(device),
-        mean,
-        std,
-        device,
-        generator,
-        channels_last,
+    if labelled_meta is not None:
+        meta["labelled"] = labelled_meta
+    step_args = (recipe.torch(tile_mpp=dataset.tile_mpp).to(device), mean, std, device, generator)
+    views = (
+        ViewStep(*step_args, channels_last)
+        if lset is None
+        else LabelledViewStep(*step_args, channels_last, tiles=uses_tiles)
     )
     validation = None
     if evaluator is not None:
@@ -369,12 +281,17 @@ def build_trainer(
     )
 
 
-def pretrain(cfg: PretrainConfig, evaluator: Evaluator | None = None) -> Trainer:
+def pretrain(
+    cfg: PretrainConfig,
+    evaluator: Evaluator | None = None,
+    labelled: LabelledSource | None = None,
+) -> Trainer:
     """``pathssl pretrain`` as a library call: :func:`build_trainer`, resume from
     ``train.out_dir/last.pt`` or start fresh (:func:`~pathssl.train.assemble.start`), train to
     ``train.max_steps``; returns the trainer (its ``step``, ``best``, ``checkpoint_path``).
-    ``evaluator``: the online probe (see :func:`build_trainer`)."""
-    trainer = build_trainer(cfg, evaluator=evaluator)
+    ``evaluator``: the online probe, ``labelled``: the labelled set (see
+    :func:`build_trainer`)."""
+    trainer = build_trainer(cfg, evaluator=evaluator, labelled=labelled)
     if start(trainer, cfg.train) and trainer.dist.is_main:
         print(f"resumed from {trainer.checkpoint_path} at step {trainer.step}", flush=True)
     trainer.fit()

@@ -45,12 +45,30 @@ class AugmentConfig:
 
 
 @dataclass
+class LabelledConfig:
+    """Labelled images for the methods that train on labels (S4L, ``supervised``):
+    ``config`` a ``pathssl eval`` config whose ``data`` section names them (any of its formats:
+    image folder, CSV of images, tile store + label CSV); its *training* side is used (the same
+    split as ``pathssl eval``: its test images are never trained on), read at the tiles' mpp
+    and ``image_size``. ``fraction``: the share of it kept, per class (stratified, at least one
+    image of each class), drawn with ``seed``; ``batch_size`` labelled images per step and
+    process; ``num_workers`` loader processes. Empty ``config``: no labelled stream."""
+
+    config: str = ""
+    fraction: float = setting(1.0, gt=0.0, le=1.0)
+    batch_size: int = setting(256, ge=1)
+    seed: int = 0
+    num_workers: int = setting(2, ge=0)
+
+
+@dataclass
 class DataConfig:
     """Tile stores (stores or folders of stores), QC filters, sampling and loading.
 
     ``batch_size`` is per process (global batch = ``batch_size * world size``). ``decode``:
     ``cpu`` (DataLoader workers), ``device`` (nvJPEG on the GPU) or ``auto`` (device on CUDA).
-    ``norm_tiles``: tiles sampled to compute the normalisation mean/std."""
+    ``norm_tiles``: tiles sampled to compute the normalisation mean/std. ``labelled``: the
+    labelled stream (:class:`LabelledConfig`)."""
 
     stores: list[str] = field(default_factory=list)
     min_tissue: float | None = None
@@ -62,6 +80,7 @@ class DataConfig:
     num_workers: int = 8
     decode: str = "auto"
     norm_tiles: int = 256
+    labelled: LabelledConfig = field(default_factory=LabelledConfig)
 
 
 @dataclass

@@ -3,7 +3,9 @@
 :class:`ViewStep` (SSL): uint8 tiles ``(B, 3, S, S)`` (decoded by DataLoader workers, or JPEG bytes
 decoded on the GPU) -> batched views on the device (``recipe.torch()``), normalised by the
 training tiles' mean/std -> ``method(views)`` (plus the recipe's patch mask, and each tile's
-dataset index for a method that asks for it). :class:`SupervisedStep`: ``{"image", **targets}``
+dataset index for a method that asks for it). :class:`LabelledViewStep`: the same plus a labelled
+stream (S4L, supervised): the labelled images' views from the same recipe, with their labels, as
+``method(views, labelled=LabelledBatch)``. :class:`SupervisedStep`: ``{"image", **targets}``
 -> ``module(images, targets)``.
 """
 
@@ -16,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from pathssl.data import decode_jpeg_batch
+from pathssl.ssl.base import LabelledBatch
 
 
 class ViewInputs(NamedTuple):
@@ -24,6 +27,7 @@ class ViewInputs(NamedTuple):
     views: list[Tensor]  #: normalised views (B, 3, s, s) float
     patch_mask: Tensor | None  #: the recipe's (B, N) bool patch mask, or None
     tile_index: Tensor | None  #: the tiles' dataset indices (B,) long on the device, or None
+    labelled: LabelledBatch | None = None  #: labelled views + labels (needs_labels methods)
 
 
 class ViewStep:
@@ -85,8 +89,33 @@ class ViewStep:
             if inputs.tile_index is None:
                 raise ValueError("the method needs each tile's dataset index: batch has no 'index'")
             kwargs["index"] = inputs.tile_index
-        out: dict[str, Tensor] = model(inputs.views, **kwargs)
+        if inputs.labelled is not None:
+            out: dict[str, Tensor] = model(inputs.views, labelled=inputs.labelled, **kwargs)
+            return out
+        out = model(inputs.views, **kwargs)
         return out
+
+
+class LabelledViewStep(ViewStep):
+    """A :class:`ViewStep` with a labelled stream: batches ``(tiles, labelled)`` (a
+    :class:`~pathssl.train.streams.PairedLoader`'s pairs), or ``labelled`` alone with
+    ``tiles=False`` (a method that reads no tiles; its ``views`` are then the labelled views).
+    ``labelled`` is ``{"image": (B_l, 3, S, S) uint8, "label": (B_l,) int64}``; its views come
+    from the same recipe and generator, after the tiles' views."""
+
+    def __init__(self, *args: Any, tiles: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tiles = tiles
+
+    def prepare(self, batch: Any) -> ViewInputs:
+        tiles, labelled = batch if self.tiles else (None, batch)
+        inputs = super().prepare(tiles) if tiles is not None else None
+        views, _ = self.make_views(self.images(labelled))
+        labels = labelled["label"].to(self.device, non_blocking=True)
+        lab = LabelledBatch(views, labels)
+        if inputs is None:
+            return ViewInputs(views, None, None, lab)
+        return inputs._replace(labelled=lab)
 
 
 class SupervisedStep:
