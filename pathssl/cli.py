@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "pathssl.commands.nuclei",
         "nuclei segmentation + classification: train|predict|evaluate",
     ),
+    "orl": ("pathssl.commands.orl", "ORL stage 2: object proposals and cross-tile RoI pairs"),
     "demo": ("pathssl.commands.demo", "run the whole pipeline on the sample data: one report"),
 }
 

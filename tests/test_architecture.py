@@ -23,9 +23,10 @@ LAYERS: dict[str, int] = {
     "pathssl.train": 5,
     "pathssl.eval": 6,  # fine-tuning runs through pathssl.train's loop
     "pathssl.nuclei": 7,  # data, model, training and inference of the nuclei stage
-    "pathssl.demo": 8,  # the end-to-end demo, built from the stages' library calls
-    "pathssl.commands": 9,
-    "pathssl.cli": 9,
+    "pathssl.orl": 8,  # ORL stage 2: object proposals (classical nuclei) and cross-tile pairs
+    "pathssl.demo": 9,  # the end-to-end demo, built from the stages' library calls
+    "pathssl.commands": 10,
+    "pathssl.cli": 10,
 }
 
 

@@ -256,3 +256,32 @@ def test_resume_is_exact_with_the_labelled_stream(
         tmp_path,
         total=3,
     )
+
+
+def test_pretrain_command_reads_the_labelled_eval_config(
+    data_dir: Path, store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``pathssl pretrain supervised.yaml data.labelled.config=EVAL`` trains on the training
+    side of the eval config: the checkpoint records exactly those images' classes and count."""
+    from test_train_methods import crops_eval_config
+
+    from pathssl.cli import main
+    from pathssl.eval.data import csv_images
+
+    train_csv = write_hgsc_crops(data_dir, tmp_path / "crops" / "hgsc")
+    cfg = crops_eval_config(train_csv)
+    out = tmp_path / "run"
+    ov = [o for o in tiny_overrides("supervised", store, out) if not o.startswith("method.name")]
+    ov.append("data.labelled.fraction=1.0")
+    rc = main(["pretrain", "configs/pretrain/supervised.yaml", *ov, f"data.labelled.config={cfg}"])
+    assert rc == 0, capsys.readouterr().err
+    meta = load_checkpoint(out / "last.pt")["meta"]["labelled"]
+    want = csv_images(train_csv)
+    assert meta["class_names"] == want.class_names
+    assert meta["kept"] == len(want.labels)
+    # a config whose images are missing is refused before any compute, naming the key
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"data: {{source: {{format: csv, csv: {tmp_path / 'none.csv'}}}}}\n")
+    rc = main(["pretrain", "configs/pretrain/supervised.yaml", *ov, f"data.labelled.config={bad}"])
+    assert rc == 2
+    assert "data.labelled.config" in capsys.readouterr().err

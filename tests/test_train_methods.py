@@ -95,18 +95,28 @@ def write_hgsc_crops(data_dir: Path, folder: Path, crop: int = 32) -> Path:
 
 
 def csv_source(train_csv: Path, image_size: int = 64) -> Any:
-    """A :data:`pathssl.train.labelled.LabelledSource` of a CSV of images, read by ``pathssl
-    eval``'s readers (what ``pathssl pretrain`` builds from ``data.labelled.config``)."""
-    from pathssl.eval.data import TileImages, csv_images
-    from pathssl.train.labelled import LabelledSet
+    """The :data:`pathssl.train.labelled.LabelledSource` ``pathssl pretrain`` builds from
+    ``data.labelled.config``: a ``pathssl eval`` config of the crops (train/test CSVs) written
+    beside them, read by :func:`pathssl.eval.online.labelled_source`."""
+    from pathssl.eval.online import labelled_source
 
-    tiles = csv_images(train_csv)
+    return labelled_source(crops_eval_config(train_csv, image_size), backbone="resnet18", log=None)
 
-    def read(tile_mpp: float | None) -> LabelledSet:
-        ds = TileImages(tiles, image_size, target_mpp=tile_mpp, log=None)
-        return LabelledSet(ds, tiles.labels, tiles.class_names, str(train_csv))
 
-    return read
+def crops_eval_config(train_csv: Path, image_size: int = 64) -> Path:
+    """A ``pathssl eval`` config of the crops ``write_hgsc_crops`` wrote (left half trains)."""
+    import yaml
+
+    cfg = {
+        "data": {
+            "source": {"format": "csv", "csv": str(train_csv)},
+            "test": {"format": "csv", "csv": str(train_csv.with_name("test.csv"))},
+            "image_size": image_size,
+        }
+    }
+    path = train_csv.with_name("eval.yaml")
+    path.write_text(yaml.safe_dump(cfg))
+    return path
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,10 @@ probe is :func:`pathssl.eval.online.knn_evaluator` (``pathssl eval``'s data form
 
     cfg = load_config("configs/pretrain/simclr.yaml", ["eval.knn=configs/eval/x.yaml"])
     pretrain(cfg, knn_evaluator(cfg.eval.knn, backbone=cfg.model.backbone, k=cfg.eval.k))
+
+Methods that train on labels (S4L, ``supervised``) read the training side of the ``pathssl eval``
+config ``data.labelled.config`` (``data.labelled.fraction`` of it, stratified and seeded); the
+library call passes :func:`pathssl.eval.online.labelled_source` as ``pretrain``'s third argument.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     damaged or foreign ``last.pt``) are ``ValueError``s: ``pathssl.cli.main`` prints them on one
     line and exits 2; a failure during training (e.g. divergence) exits 1."""
     from pathssl.config import dump
-    from pathssl.eval.online import knn_evaluator
+    from pathssl.eval.online import knn_evaluator, labelled_source
     from pathssl.train import load_config, pretrain
     from pathssl.train.distributed import cleanup_distributed
 
@@ -57,8 +61,11 @@ def run(args: argparse.Namespace) -> int:
             batch_size=e.batch_size,
             max_images=e.max_images,
         )
+    labelled = None
+    if cfg.data.labelled.config:
+        labelled = labelled_source(cfg.data.labelled.config, backbone=cfg.model.backbone)
     try:
-        trainer = pretrain(cfg, evaluator)
+        trainer = pretrain(cfg, evaluator, labelled)
     finally:
         cleanup_distributed()
     if trainer.dist.is_main:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
     from pathssl.eval.data import LabelledTiles
+    from pathssl.train.labelled import LabelledSource
 
 
 class KnnEvaluator:
@@ -158,3 +159,39 @@ def knn_evaluator(
         summary=summary,
         log=log,
     )
+
+
+def labelled_source(
+    config: str | Path, *, backbone: str, log: Callable[[str], None] | None = print
+) -> LabelledSource:
+    """The labelled stream of a method that trains on labels (S4L, ``supervised``;
+    ``data.labelled.config``): the TRAINING side of the labelled set the ``pathssl eval``
+    config ``config`` names (its test images are never trained on), read as ``pathssl eval``
+    reads them (``data.image_size`` px, resampled to the tiles' mpp). Listed and checked here:
+    a bad config is a one-line :class:`~pathssl.config.ConfigError` before any training."""
+    from pathssl.config import ConfigError
+    from pathssl.eval.config import load_config
+    from pathssl.eval.data import TileImages, check_classes, labelled_splits
+    from pathssl.train.labelled import LabelledSet
+
+    try:
+        ecfg = load_config(config, [f"model.backbone={backbone}", "model.checkpoint=null"])
+        train, _ = labelled_splits(ecfg.data)
+        if len(train) == 0:
+            raise ValueError("no training images")
+        check_classes(train.labels, train.class_names, 1, where="the labelled training images")
+    except (ValueError, OSError) as exc:
+        raise ConfigError(
+            f"data.labelled.config ({config}): {exc}", "data.labelled.config"
+        ) from None
+
+    def read(tile_mpp: float | None) -> LabelledSet:
+        images = TileImages(train, ecfg.data.image_size, target_mpp=tile_mpp, log=log)
+        return LabelledSet(
+            images,
+            train.labels,
+            train.class_names,
+            f"the training side of {config} ({len(train)} images)",
+        )
+
+    return read
