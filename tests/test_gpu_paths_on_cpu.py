@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_methods import VIT, tiny_overrides
+from test_train_methods import VIT, build_tiny, csv_source, tiny_overrides, write_hgsc_crops
 
 import pathssl.ssl  # noqa: F401  (registers every method)
 from pathssl.ssl.base import METHODS
@@ -27,6 +27,12 @@ def store(cmu_slide: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def crops(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> object:
+    """The labelled stream of the methods that train on labels (real hgsc nucleus crops)."""
+    return csv_source(write_hgsc_crops(data_dir, tmp_path_factory.mktemp("crops") / "hgsc"))
+
+
 PARAMS = [
     pytest.param(name, marks=() if name in DEFAULT else pytest.mark.slow)
     for name in METHODS.names()
@@ -34,15 +40,13 @@ PARAMS = [
 
 
 @pytest.mark.parametrize("method", PARAMS)
-def test_bf16_channels_last_compile_on_cpu(method: str, store: Path, tmp_path: Path) -> None:
-    from pathssl.train import build_trainer, load_config
-
+def test_bf16_channels_last_compile_on_cpu(
+    method: str, store: Path, tmp_path: Path, crops: object
+) -> None:
     base = tiny_overrides(method, store, tmp_path / "eager")
-    eager = build_trainer(load_config(None, [*base, "train.precision=fp32"]))
+    eager = build_tiny(method, [*base, "train.precision=fp32"], crops)
     fast_ov = tiny_overrides(method, store, tmp_path / "fast")
-    fast = build_trainer(
-        load_config(None, [*fast_ov, "train.precision=bf16", "train.compile=true"])
-    )
+    fast = build_tiny(method, [*fast_ov, "train.precision=bf16", "train.compile=true"], crops)
     assert fast.s.bf16 and not eager.s.bf16
     if method not in VIT:  # what build_trainer does on CUDA for CNNs
         fast.method.to(memory_format=torch.channels_last)
