@@ -28,6 +28,11 @@ from pathssl.registry import Registry
 BACKBONES: Registry = Registry("backbone")
 
 
+def _scaled(channels: int, width: float) -> int:
+    """``channels * width`` rounded, at least 1."""
+    return max(1, round(channels * width))
+
+
 class ConvBackbone(nn.Module):
     """What every convolutional trunk offers (ResNets, ResNet-v2, split ResNets): five feature
     maps at strides 2, 4, 8, 16, 32 (the taps dense heads such as the nuclei decoder and
@@ -63,7 +68,14 @@ class ConvBackbone(nn.Module):
 
 
 class ResNetBackbone(ResNet, ConvBackbone):
-    """torchvision ResNet without ``fc``; ``forward`` returns globally pooled features."""
+    """torchvision ResNet without ``fc``; ``forward`` returns globally pooled features.
+
+    ``width`` scales every layer's channels (torchvision hardcodes 64, 128, 256, 512; the stem
+    and each stage get ``round(c * width)``, Bottleneck inner widths follow), ``in_chans`` is the
+    stem's input channels; the parameter names stay torchvision's. ``width=0.5`` gives a half of
+    a split-brain trunk (:mod:`pathssl.models.split`): about a quarter of the convolution weights.
+    The defaults (1.0, 3) build exactly torchvision's model, with the same random draws.
+    """
 
     # torchvision's attributes, declared for the type checker
     conv1: nn.Conv2d
@@ -76,12 +88,41 @@ class ResNetBackbone(ResNet, ConvBackbone):
     layer4: nn.Sequential
     avgpool: nn.AdaptiveAvgPool2d
 
-    def __init__(self, block: type[BasicBlock | Bottleneck], layers: list[int]) -> None:
+    def __init__(
+        self,
+        block: type[BasicBlock | Bottleneck],
+        layers: list[int],
+        width: float = 1.0,
+        in_chans: int = 3,
+    ) -> None:
+        if width <= 0 or in_chans < 1:
+            raise ValueError(f"need width > 0 and in_chans >= 1, got {width} and {in_chans}")
+        self.width = width  # read by _make_layer during torchvision's __init__
         super().__init__(block, layers)
-        self.embed_dim: int = 512 * block.expansion
-        w = self.embed_dim // 8  # 64 (BasicBlock) or 256 (Bottleneck) after layer1
-        self.tap_channels: list[int] = [64, w, 2 * w, 4 * w, 8 * w]
+        stem = _scaled(64, width)
+        if stem != 64 or in_chans != 3:  # torchvision built a 3 -> 64 stem: rebuild it
+            self.conv1 = nn.Conv2d(in_chans, stem, kernel_size=7, stride=2, padding=3, bias=False)
+            nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
+            self.bn1 = nn.BatchNorm2d(stem)
+        self.embed_dim: int = _scaled(512, width) * block.expansion
+        self.tap_channels: list[int] = [
+            stem,
+            *(_scaled(c, width) * block.expansion for c in (64, 128, 256, 512)),
+        ]
         self.fc = nn.Identity()  # no parameters: state_dict keys stay fc-free
+
+    def _make_layer(
+        self,
+        block: type[BasicBlock | Bottleneck],
+        planes: int,
+        blocks: int,
+        stride: int = 1,
+        dilate: bool = False,
+    ) -> nn.Sequential:
+        """torchvision's stage with ``planes`` scaled by ``width``; layer1 takes the stem's."""
+        if planes == 64:
+            self.inplanes = _scaled(64, self.width)
+        return super()._make_layer(block, _scaled(planes, self.width), blocks, stride, dilate)
 
     def tap_stages(self) -> list[nn.Module]:
         return [

@@ -254,6 +254,9 @@ def build_nuclei_model(
     trunk = build_backbone(backbone, **(backbone_params or {}))
     if trunk_state is not None:
         trunk.load_state_dict(trunk_state, strict=True)
+    encoding = getattr(trunk, "set_input_normalisation", None)
+    if encoding is not None:  # a trunk that undoes the input normalisation (split trunks)
+        encoding(list(mean), list(std))
     encoder: ConvEncoder | ViTEncoder = (
         ViTEncoder(trunk) if isinstance(trunk, ViTBackbone) else ConvEncoder(trunk)
     )

@@ -115,6 +115,9 @@ class SSLMethod(nn.Module):
         builder calls this once. Default: mean 0, std 1 (the views are RGB in [0, 1])."""
         self.input_mean.copy_(torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.input_std.copy_(torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        encoding = getattr(self.backbone, "set_input_normalisation", None)
+        if encoding is not None:  # a trunk that undoes the normalisation (split trunks)
+            encoding(mean, std)
 
     def raw_rgb(self, x: Tensor) -> Tensor:
         """Normalised views ``(B, 3, H, W)`` -> float32 RGB in [0, 1] (clamped)."""

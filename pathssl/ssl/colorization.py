@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pathssl.models.backbones import Backbone
+from pathssl.models.split import split_channels
 from pathssl.ssl import dist
 from pathssl.ssl.base import METHODS, SSLMethod, collapse_std
 from pathssl.ssl.colour_bins import (
@@ -19,7 +20,6 @@ from pathssl.ssl.colour_bins import (
     part_image,
     pooled_targets,
     soft_encode,
-    split_channels,
     uniform_bins,
 )
 

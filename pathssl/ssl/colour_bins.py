@@ -1,6 +1,7 @@
 """Colour channels as classification targets (colorization, Zhang et al. 2016; split-brain, Zhang
-et al. 2017): the channel split of an RGB view (CIE Lab's L | ab, or the optical-density stain
-channels H | E of :mod:`pathssl.augment`'s colour deconvolution), images of one part for a trunk
+et al. 2017): images of one part of an RGB view's channels (CIE Lab's L | ab, or the
+optical-density stain channels H | E of :mod:`pathssl.augment`'s colour deconvolution; the split
+itself is :func:`pathssl.models.split.split_channels`, shared with the split trunks) for a trunk
 that takes RGB, quantisation bins and soft-encoded targets, and dense backbone features.
 
 Shapes: views ``(B, 3, H, W)`` float RGB in [0, 1]; channel values ``(B, d, H, W)``; bin
@@ -16,27 +17,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pathssl.augment.stain import RGB_FROM_HED
-from pathssl.augment.torch_color import lab_to_rgb, rgb_to_lab, rgb_to_space
+from pathssl.augment.torch_color import lab_to_rgb, rgb_to_lab
 from pathssl.models.backbones import Backbone, ViTBackbone
+from pathssl.models.split import PART_CHANNELS
 
-SPACES = ("lab", "hed")
-
-
-def split_channels(rgb: Tensor, space: str) -> tuple[Tensor, Tensor]:
-    """RGB ``(B, 3, H, W)`` in [0, 1] -> the two parts ``(B, d1, H, W)``, ``(B, d2, H, W)``:
-    ``lab``: L (0..100) and ab; ``hed``: the haematoxylin and eosin concentrations (natural-log
-    OD units, :func:`pathssl.augment.torch_color.rgb_to_space`; DAB dropped)."""
-    if space == "lab":
-        lab = rgb_to_lab(rgb)
-        return lab[:, :1], lab[:, 1:]
-    if space == "hed":
-        hed = rgb_to_space(rgb, "hed")
-        return hed[:, :1], hed[:, 1:2]
-    raise ValueError(f"colour space must be one of {SPACES}, got {space!r}")
+SPACES = tuple(PART_CHANNELS)
 
 
 def part_image(values: Tensor, space: str, part: int) -> Tensor:
-    """One part of :func:`split_channels` rendered as an RGB image ``(B, 3, H, W)`` in [0, 1],
+    """One part of :func:`~pathssl.models.split.split_channels` rendered as an RGB image ``(B, 3, H, W)`` in [0, 1],
     so that an unchanged RGB trunk can take it: ``lab`` part 0 (L): the grey image of that
     lightness; part 1 (ab): those chromas at L = 50; ``hed`` part 0 / 1: the haematoxylin-only /
     eosin-only image ``exp(-c * stain_vector)``."""
