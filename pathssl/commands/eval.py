@@ -9,6 +9,13 @@ macro-F1, AUROC one-vs-rest macro, ECE with 15 bins, confusion matrices) and
 and exits. The config schema, with an annotated example, is :mod:`pathssl.eval.config` (the same
 key names as pretraining: ``model.*``, ``data.batch_size``, ``train.out_dir|device|seed``).
 
+A config that lists ``encoders:`` and ``tasks:`` is a benchmark (``configs/eval/encoders.yaml``):
+every encoder on every task (tile classification with these protocols, or a frozen-encoder
+nuclei head on a nuclei config) at each label fraction x seed, one progress line per encoder x
+task and per cell, finished cells kept in ``OUT/cells.jsonl`` (a rerun skips them), and one table
+(``benchmark.md``, ``.csv``, ``.json``) and one figure (``benchmark.png``) in ``train.out_dir``
+(:mod:`pathssl.eval.benchmark`, :mod:`pathssl.nuclei.bench`).
+
 Library functions: ``pathssl.eval.config.load_config`` (the typed config),
 ``pathssl.eval.protocols.evaluate_features`` (frozen features in, metrics out),
 ``pathssl.eval.encoder`` (``load_encoder``, ``extract_features``), ``pathssl.eval.finetune``
@@ -26,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pathssl.eval.config import EvalConfig
+    from pathssl.eval.config import BenchmarkConfig, EvalConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,9 +59,8 @@ def evaluate(
     from pathssl.config import to_plain
     from pathssl.eval.config import config_from_dict
     from pathssl.eval.encoder import extract_features, load_encoder, tile_dataset
-    from pathssl.eval.finetune import fine_tune, predict, summary
     from pathssl.eval.outputs import check_eval_output
-    from pathssl.eval.protocols import evaluate_features, score
+    from pathssl.eval.protocols import finetune_scores, run_protocols
     from pathssl.eval.report import write_confusion_png, write_json
     from pathssl.train.distributed import pick_device
 
@@ -78,44 +84,23 @@ def evaluate(
     train_x, train_y = extract_features(encoder, train_ds, batch, dev)
     test_x, test_y = extract_features(encoder, test_ds, batch, dev)
 
-    lin, knn, few = protocols.linear, protocols.knn, protocols.fewshot
-    results = evaluate_features(
-        train_x,
-        train_y,
-        test_x,
-        test_y,
-        len(classes),
-        linear=lin is not None,
-        l2=lin.l2 if lin is not None else 1e-4,
-        max_iter=lin.max_iter if lin is not None else 500,
-        knn_k=knn.k if knn is not None else None,
-        few_shots=list(few.shots) if few is not None else (),
-        episodes=few.episodes if few is not None else 100,
-        seed=cfg.data.seed,
+    results = run_protocols(
+        train_x, train_y, test_x, test_y, len(classes), protocols, seed=cfg.data.seed
     )
-    ft = protocols.finetune
-    if ft is not None:
-        result = fine_tune(
+    if protocols.finetune is not None:
+        results["finetune"] = finetune_scores(
             encoder,
             train_ds,
             train.labels,
+            test_ds,
             len(classes),
+            protocols.finetune,
             out / "finetune",
-            epochs=ft.epochs,
-            lr=ft.lr,
-            weight_decay=ft.weight_decay,
-            batch_size=ft.batch_size,
-            warmup_epochs=ft.warmup_epochs,
-            val_fraction=ft.val_fraction,
-            patience=ft.patience,
-            hed_jitter=ft.hed_jitter,
-            label_smoothing=ft.label_smoothing,
+            batch_size=batch,
             precision=cfg.train.precision,
             device=dev,
             seed=seed,
         )
-        output, labels = predict(result.classifier, test_ds, batch, dev)
-        results["finetune"] = {**score(output, labels, len(classes)), **summary(result)}
 
     pngs = {}
     for name, res in results.items():
@@ -147,13 +132,19 @@ def evaluate(
 
 def run(args: argparse.Namespace) -> int:
     from pathssl.config import dump
-    from pathssl.eval.config import load_config
+    from pathssl.eval.config import is_benchmark, load_benchmark_config, load_config
 
     overrides = list(args.overrides)
     if args.out is not None:  # JSON strings are YAML strings: any path stays a string
         overrides.append(f"train.out_dir={json.dumps(args.out)}")
     if args.device is not None:
         overrides.append(f"train.device={json.dumps(args.device)}")
+    if Path(args.config).is_file() and is_benchmark(args.config):
+        bench = load_benchmark_config(args.config, overrides)
+        if args.print_config:
+            print(dump(bench), end="")
+            return 0
+        return run_benchmark_config(bench)
     cfg = load_config(args.config, overrides)  # errors: one line from pathssl.cli.main
     if args.print_config:
         print(dump(cfg), end="")
@@ -170,4 +161,16 @@ def run(args: argparse.Namespace) -> int:
             for n, s in res.items():
                 print(f"{name} {n}-shot balanced acc {s['balanced_accuracy']['mean']:.3f}")
     print(f"metrics -> {Path(cfg.train.out_dir) / 'metrics.json'}")
+    return 0
+
+
+def run_benchmark_config(cfg: BenchmarkConfig) -> int:
+    """Run a benchmark config (every registered task kind), print its table and outputs."""
+    from pathssl.eval.report import benchmark_markdown
+    from pathssl.nuclei.bench import run_config
+
+    report = run_config(cfg)
+    print(benchmark_markdown(report), end="")
+    out = Path(cfg.train.out_dir)
+    print(f"table -> {out / 'benchmark.md'} (.csv, .json); figure -> {out / 'benchmark.png'}")
     return 0

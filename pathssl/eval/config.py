@@ -24,7 +24,24 @@ and ``model.checkpoint`` (the encoder), ``data.batch_size``, ``train.out_dir``,
     train: {out_dir: runs/eval, device: auto, seed: 0, precision: auto}
 
 ``train.seed`` seeds the random initialisation of a backbone without checkpoint and the
-fine-tuning run; ``train.precision`` applies to fine-tuning. Torch-free.
+fine-tuning run; ``train.precision`` applies to fine-tuning.
+
+A config with ``encoders:`` and ``tasks:`` lists is a benchmark (:class:`BenchmarkConfig`, run by
+:mod:`pathssl.eval.benchmark`; ``configs/eval/encoders.yaml`` is annotated)::
+
+    encoders:                    # each: name, backbone and/or checkpoint, optional mean/std/tile_mpp
+      - {name: random, backbone: resnet18}
+      - {name: ssl, backbone: resnet18, checkpoint: runs/simclr/last.pt}
+      - {name: imagenet, backbone: resnet18, checkpoint: weights.pth, optional: true}
+    tasks:
+      - {name: crops, kind: tile, data: {...as above...}, protocols: {knn: {k: 20}}, note: ""}
+      - {name: nuclei, kind: nuclei, config: configs/nuclei/manual_cpu.yaml,
+         overrides: [train.max_steps=200]}
+    fractions: [0.01, 0.1, 1.0]  # of the training labels (the one sweep: pathssl.eval.sweep)
+    seeds: [0, 1, 2]             # subsets (and seeded training) per fraction below 1
+    train: {out_dir: runs/benchmark, device: auto, seed: 0, precision: auto}
+
+Torch-free.
 """
 
 from __future__ import annotations
@@ -32,7 +49,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pathssl.config import ConfigError, from_dict, load, setting
+from pathssl.config import ConfigError, compose, from_dict, load, setting
 
 DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
 
@@ -208,3 +225,115 @@ def config_from_dict(values: dict[str, object]) -> EvalConfig:
     except ConfigError as exc:
         raise ConfigError(f"eval config: {exc}", exc.key) from None
     return with_default_protocols(cfg)
+
+
+# ------------------------------------------------------------------------------- benchmark
+
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.+-]*"
+NAME_EXPECT = "a name of letters, digits and _ . + - (it names output folders)"
+TASK_KINDS = ("tile", "nuclei")
+
+
+@dataclass
+class EncoderEntry:
+    """One encoder of a benchmark: ``backbone`` (random init, seeded by ``train.seed``) and/or a
+    ``checkpoint`` (``~`` expanded); ``mean``/``std``/``tile_mpp`` are passed to
+    :func:`pathssl.eval.encoder.load_encoder` only when set (for files that do not record them).
+    ``optional``: a missing checkpoint skips the entry with a message instead of failing."""
+
+    name: str = setting("", pattern=NAME_PATTERN, expect=NAME_EXPECT)
+    backbone: str | None = None
+    checkpoint: str | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    tile_mpp: float | None = setting(None, gt=0.0)
+    optional: bool = False
+
+
+@dataclass
+class TaskEntry:
+    """One task of a benchmark. ``kind: tile``: tile classification, ``data`` (the ``data``
+    section of an eval config) and ``protocols`` (none listed: linear and kNN). ``kind:
+    nuclei``: a frozen-encoder nuclei head trained on the nuclei ``config`` (+ ``overrides``),
+    scored on its held-apart images. ``fractions``: this task's label fractions (null: the
+    benchmark's). ``note``: printed under the table and the figure (e.g. how labels were made)."""
+
+    name: str = setting("", pattern=NAME_PATTERN, expect=NAME_EXPECT)
+    kind: str = setting("tile", choices=TASK_KINDS)
+    data: DataConfig | None = None
+    protocols: ProtocolsConfig = field(default_factory=ProtocolsConfig)
+    config: str = ""
+    overrides: list[str] = field(default_factory=list)
+    fractions: list[float] | None = None
+    note: str = ""
+
+
+@dataclass
+class BenchmarkConfig:
+    """Every encoder on every task, at each label fraction (:mod:`pathssl.eval.sweep`)."""
+
+    encoders: list[EncoderEntry] = field(default_factory=list)
+    tasks: list[TaskEntry] = field(default_factory=list)
+    fractions: list[float] = setting(default_factory=lambda: [1.0], gt=0.0, le=1.0)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="runs/benchmark"))
+
+
+def _unique(names: list[str], what: str) -> None:
+    seen = {n for n in names if names.count(n) > 1}
+    if seen:
+        raise ConfigError(f"{what}: names repeat ({', '.join(sorted(seen))})", what)
+
+
+def validate_benchmark(cfg: BenchmarkConfig) -> None:
+    """Cross-field rules of a benchmark: encoders and tasks listed, unique names, an encoder
+    with a backbone or checkpoint, 3 values of mean/std, a tile task with a data source, a
+    nuclei task with a config, fractions in (0, 1] without repeats, seeds without repeats."""
+    if not cfg.encoders or not cfg.tasks:
+        raise ConfigError("a benchmark lists encoders: [...] and tasks: [...]", "encoders")
+    _unique([e.name for e in cfg.encoders], "encoders")
+    _unique([t.name for t in cfg.tasks], "tasks")
+    for i, enc in enumerate(cfg.encoders):
+        where = f"encoders[{i}]"
+        if enc.backbone is None and not enc.checkpoint:
+            raise ConfigError(f"{where} ({enc.name}): set backbone and/or checkpoint", where)
+        for key in ("mean", "std"):
+            value = getattr(enc, key)
+            if value is not None and len(value) != 3:
+                raise ConfigError(f"{where}.{key}: give 3 values (R, G, B)", f"{where}.{key}")
+    for i, task in enumerate(cfg.tasks):
+        where = f"tasks[{i}]"
+        if task.kind == "tile":
+            if task.data is None:
+                raise ConfigError(f"{where} ({task.name}): a tile task needs data", where)
+            validate(EvalConfig(data=task.data, model=ModelConfig(backbone="x")))
+            with_default_protocols(EvalConfig(protocols=task.protocols))
+        elif not task.config:
+            raise ConfigError(f"{where} ({task.name}): a nuclei task needs config", where)
+        for fractions, key in (
+            (task.fractions, f"{where}.fractions"),
+            (cfg.fractions, "fractions"),
+        ):
+            if fractions is not None and (
+                not fractions
+                or len(set(fractions)) != len(fractions)
+                or not all(0.0 < f <= 1.0 for f in fractions)
+            ):
+                raise ConfigError(f"{key}: give distinct fractions in (0, 1]", key)
+    if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
+        raise ConfigError("seeds: give one or more distinct seeds", "seeds")
+
+
+def is_benchmark(path: str | Path) -> bool:
+    """Whether the YAML ``path`` (``defaults`` composed) is a benchmark config (it lists
+    ``encoders`` or ``tasks``)."""
+    data, _ = compose(Path(path))
+    return "encoders" in data or "tasks" in data
+
+
+def load_benchmark_config(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = ()
+) -> BenchmarkConfig:
+    """A :class:`BenchmarkConfig` from YAML + ``key=value`` overrides, checked; one-line
+    :class:`ConfigError` naming file, line and key otherwise."""
+    return load(BenchmarkConfig, path, overrides, validate=validate_benchmark, renamed=RENAMED)

@@ -4,7 +4,8 @@
 that is, holds or lies inside one of the config's inputs (label CSVs, image folders, tile stores,
 the checkpoint), or that exists, is not empty and is not an earlier eval output (``metrics.json``
 or ``finetune/`` in it). An earlier eval output is reused: its files are replaced and the
-fine-tune run resumes.
+fine-tune run resumes. ``check_benchmark_output`` does the same for a benchmark's folder (an
+earlier one holds ``cells.jsonl``: a rerun resumes it).
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ from typing import Any
 
 from tiling.outputs import check_output_dir
 
-__all__ = ["check_eval_output", "eval_inputs", "is_eval_output"]
+__all__ = [
+    "benchmark_inputs",
+    "check_benchmark_output",
+    "check_eval_output",
+    "eval_inputs",
+    "is_eval_output",
+]
 
 
 def is_eval_output(out: Path) -> bool:
@@ -56,3 +63,23 @@ def check_eval_output(out: str | Path, cfg: Any) -> Path:
     """Check the eval output folder ``out`` against ``cfg``'s inputs (see the module docstring);
     returns ``out`` as a Path."""
     return check_output_dir(out, inputs=eval_inputs(cfg), is_ours=is_eval_output, command="eval")
+
+
+def benchmark_inputs(encoders: Any, tasks: Any) -> list[Path]:
+    """The existing files and folders a benchmark reads: encoder checkpoints, the paths of the
+    tile tasks' ``data`` and the nuclei tasks' ``config`` files."""
+    texts = [str(Path(e.checkpoint).expanduser()) for e in encoders if e.checkpoint]
+    for task in tasks:
+        texts += _strings(task.data) + ([task.config] if task.config else [])
+    return [Path(t) for t in texts if t and ("/" in t or "." in t) and Path(t).exists()]
+
+
+def is_benchmark_output(out: Path) -> bool:
+    """Whether the folder ``out`` is an earlier benchmark output of ``pathssl eval``."""
+    return (out / "cells.jsonl").is_file() or (out / "benchmark.json").is_file()
+
+
+def check_benchmark_output(out: str | Path, inputs: list[Path]) -> Path:
+    """Check a benchmark's output folder ``out`` against its ``inputs`` (never one of them, nor
+    inside one; empty, new or an earlier benchmark output); returns ``out`` as a Path."""
+    return check_output_dir(out, inputs=inputs, is_ours=is_benchmark_output, command="eval")

@@ -3,13 +3,16 @@
 ``evaluate_features`` takes train/test features and labels and runs the linear probe, kNN and
 few-shot episodes (each optional), scoring every prediction with
 :func:`pathssl.eval.classification.classification_metrics`. Few-shot results are summarised as
-mean and standard deviation over episodes for each ``n``-shot setting.
+mean and standard deviation over episodes for each ``n``-shot setting. ``run_protocols`` runs
+what an eval config's ``protocols`` section lists (fine-tuning through ``finetune_scores``); both
+``pathssl eval`` and its benchmark (:mod:`pathssl.eval.benchmark`) call it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -17,6 +20,12 @@ from torch import Tensor
 
 from pathssl.eval.classification import classification_metrics
 from pathssl.eval.probes import ProbeOutput, few_shot_episodes, knn_probe, linear_probe
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
+
+    from pathssl.eval.config import FinetuneConfig, ProtocolsConfig
+    from pathssl.eval.encoder import Encoder
 
 SUMMARY_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "ece")
 
@@ -80,3 +89,76 @@ def evaluate_features(
             ]
             results["fewshot"][str(n)] = _summary(runs)
     return results
+
+
+def run_protocols(
+    train_x: Tensor,
+    train_y: Tensor,
+    test_x: Tensor,
+    test_y: Tensor,
+    num_classes: int,
+    protocols: ProtocolsConfig,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """:func:`evaluate_features` with the frozen-feature protocols ``protocols`` lists (linear,
+    knn, fewshot; ``finetune`` is :func:`finetune_scores`'s). Features ``(N, D)``, labels
+    ``(N,)``; ``seed`` seeds few-shot episodes."""
+    lin, knn, few = protocols.linear, protocols.knn, protocols.fewshot
+    return evaluate_features(
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        num_classes,
+        linear=lin is not None,
+        l2=lin.l2 if lin is not None else 1e-4,
+        max_iter=lin.max_iter if lin is not None else 500,
+        knn_k=knn.k if knn is not None else None,
+        few_shots=list(few.shots) if few is not None else (),
+        episodes=few.episodes if few is not None else 100,
+        seed=seed,
+    )
+
+
+def finetune_scores(
+    encoder: Encoder,
+    train: Dataset[tuple[Tensor, int]],
+    train_labels: np.ndarray,
+    test: Dataset[tuple[Tensor, int]],
+    num_classes: int,
+    ft: FinetuneConfig,
+    out_dir: str | Path,
+    *,
+    batch_size: int,
+    precision: str,
+    device: str,
+    seed: int,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune ``encoder`` (its weights change) + a linear layer on ``train`` (items
+    ``((3, H, W) uint8, label)``, labels ``train_labels (N,)``) as ``ft`` says, in ``out_dir``;
+    the test metrics of the best weights and the run's summary."""
+    from pathssl.eval.finetune import fine_tune, predict, summary
+
+    result = fine_tune(
+        encoder,
+        train,
+        train_labels,
+        num_classes,
+        out_dir,
+        epochs=ft.epochs,
+        lr=ft.lr,
+        weight_decay=ft.weight_decay,
+        batch_size=ft.batch_size,
+        warmup_epochs=ft.warmup_epochs,
+        val_fraction=ft.val_fraction,
+        patience=ft.patience,
+        hed_jitter=ft.hed_jitter,
+        label_smoothing=ft.label_smoothing,
+        precision=precision,
+        device=device,
+        seed=seed,
+        progress=progress,
+    )
+    output, labels = predict(result.classifier, test, batch_size, device)
+    return {**score(output, labels, num_classes), **summary(result)}

@@ -1,8 +1,12 @@
 """Label efficiency: the nuclei head trained on 10%, 30% and 100% of the labels, one command.
 
-Each run trains from the same initialisation and for the same number of steps on a nested subset
-of the labelled area (:func:`pathssl.nuclei.splits.subset_labels`), is evaluated on the same
-held-apart images, and the metric-vs-fraction curve is drawn as a PNG with OpenCV. The metric
+The labelled area is cut into ``train.label_tile`` px tiles, and each (fraction, seed) run keeps
+the stratified, seeded, nested subset of them that the package's one label-fraction sweep draws
+(:func:`pathssl.eval.sweep.fraction_subset`, strata = the tiles' ``data.sources``; shared with
+``pathssl eval``'s benchmark): :func:`sweep_subset`. Each run trains from the same
+initialisation (seeded by its seed) for the same number of steps, is evaluated on the same
+held-apart images, and the mean metric-vs-fraction curve (mean +- sd over seeds,
+:func:`pathssl.eval.sweep.mean_sd`, in ``summary``) is drawn as a PNG with OpenCV. The metric
 function is passed in (``score``: images + predictions -> ``{name: value}``), so this module does
 not depend on a particular metrics implementation; ``pathssl nuclei label-efficiency`` passes
 ``pathssl.eval.metrics`` (PQ, mPQ, AJI, Dice, detection F1).
@@ -21,8 +25,9 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from pathssl.eval.sweep import fraction_subset, mean_sd, sweep_cells
 from pathssl.nuclei.config import NucleiConfig
-from pathssl.nuclei.data import LabelledImage, image_keys
+from pathssl.nuclei.data import LabelledImage, PanNukeFold, image_keys
 from pathssl.nuclei.postprocess import Instances
 from pathssl.nuclei.predict import NucleiPredictor, configured_predictor
 from pathssl.nuclei.splits import load_data, load_training_data, subset_labels
@@ -46,15 +51,36 @@ def predict_images(predictor: NucleiPredictor, images: Sequence[LabelledImage]) 
     return [predictor.predict_image(im.image) for im in images]
 
 
+def sweep_subset(
+    images: Sequence[LabelledImage], fraction: float, tile: int, seed: int
+) -> Sequence[LabelledImage]:
+    """The label tiles of one sweep cell: ``images`` cut into ``tile`` px tiles (all of them,
+    :func:`~pathssl.nuclei.splits.subset_labels` at fraction 1), of which each source keeps
+    ``ceil(fraction * n)`` (:func:`pathssl.eval.sweep.fraction_subset`; nested in ``fraction``
+    for one ``seed``). A lazy PanNuke fold stays lazy."""
+    tiles = subset_labels(images, 1.0, tile, seed=0)
+    index = fraction_subset([source for source, _ in image_keys(tiles)], fraction, seed)
+    if isinstance(tiles, PanNukeFold):
+        return tiles.subset(index.tolist())
+    return [tiles[int(i)] for i in index]
+
+
+METRICS = ("pq", "mpq_plus", "aji", "f1_detection")
+
+
 def run_label_efficiency(
     cfg: NucleiConfig,
     score: ScoreFn,
     fractions: Sequence[float] | None = None,
     progress: bool = True,
+    seeds: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """Train and evaluate once per fraction; writes ``label_efficiency.json`` and
-    ``label_efficiency.png`` in ``cfg.train.out_dir``; returns the JSON content."""
-    fractions = sorted(fractions or cfg.fractions)
+    """Train and evaluate once per (fraction, seed) (``seeds`` default: ``train.seed``; each
+    seed draws the subset and seeds the training); writes ``label_efficiency.json`` (``runs``:
+    one row per run; ``summary``: mean +- sd per fraction) and ``label_efficiency.png`` in
+    ``cfg.train.out_dir``; returns the JSON content."""
+    seeds = list(seeds) if seeds else [cfg.train.seed]
+    cells = sweep_cells(fractions or cfg.fractions, seeds, repeat_full=True)
     check_out_dir(cfg.train.out_dir)
     mpp, _ = model_mpp(cfg)
     data = load_training_data(cfg.data, target_mpp=mpp)
@@ -68,17 +94,20 @@ def run_label_efficiency(
         )
     out_dir = Path(cfg.train.out_dir)
     rows: list[dict[str, Any]] = []
-    for f in fractions:
-        subset = subset_labels(train_images, f, cfg.train.label_tile, cfg.train.seed)
+    for f, seed in cells:
+        subset = sweep_subset(train_images, f, cfg.train.label_tile, seed)
         run_cfg = copy.deepcopy(cfg)
-        run_cfg.train.out_dir = str(out_dir / f"fraction_{f:g}")
+        name = f"fraction_{f:g}" + (f"_seed_{seed}" if len(seeds) > 1 else "")
+        run_cfg.train.out_dir = str(out_dir / name)
         run_cfg.train.label_fraction = f
+        run_cfg.train.seed = seed
         res = train_nuclei(run_cfg, subset, progress=progress, sources=data.sources)
         predictor = validation_predictor(res.model, cfg)
         scores = score(val_images, predict_images(predictor, val_images))
         rows.append(
             {
                 "fraction": f,
+                "seed": seed,
                 "labelled_nuclei": int(sum(len(np.unique(s.inst)) - 1 for s in subset)),
                 "labelled_pixels": labelled_pixels(subset),
                 "train_seconds": round(res.seconds, 1),
@@ -87,11 +116,25 @@ def run_label_efficiency(
                 **scores,
             }
         )
-    report = {"steps": cfg.train.max_steps, "backbone": cfg.model.backbone, "runs": rows}
+    metrics = [k for k in METRICS if k in rows[0]]
+    fracs = sorted({r["fraction"] for r in rows})
+    summary = [
+        {"fraction": f} | {m: mean_sd([r[m] for r in rows if r["fraction"] == f]) for m in metrics}
+        for f in fracs
+    ]
+    report = {
+        "steps": cfg.train.max_steps,
+        "backbone": cfg.model.backbone,
+        "seeds": seeds,
+        "runs": rows,
+        "summary": summary,
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(out_dir / "label_efficiency.json", json.dumps(report, indent=2))
-    metrics = [k for k in ("pq", "mpq_plus", "aji", "f1_detection") if k in rows[0]]
-    png = plot_curves([r["fraction"] for r in rows], {m: [r[m] for r in rows] for m in metrics})
+    curves = {m: [s[m]["mean"] for s in summary] for m in metrics}
+    png = plot_curves(
+        fracs, {m: [math.nan if v is None else v for v in c] for m, c in curves.items()}
+    )
     with atomic_path(out_dir / "label_efficiency.png") as tmp:
         cv2.imwrite(str(tmp), png)
     return report
