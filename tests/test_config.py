@@ -325,6 +325,12 @@ def test_every_shipped_config_loads_through_its_schema(path: Path, tmp_path: Pat
         ncfg = load_nuclei(path)
         assert load(NucleiConfig, path) == ncfg  # the generic loader reads nuclei configs too
     elif kind == "eval":
+        from pathssl.eval.config import is_benchmark, load_benchmark_config
+
+        if is_benchmark(path):  # encoders x tasks (pathssl.eval.benchmark)
+            bcfg = load_benchmark_config(path)
+            assert bcfg.encoders and bcfg.tasks
+            return
         ecfg = load_eval(path)
         assert isinstance(ecfg, EvalConfig) and ecfg.data.source is not None
     else:  # a view recipe: loads as the `augment` section of a pretraining config
@@ -345,15 +351,23 @@ def test_pretrain_configs_compose_from_base_and_their_recipe() -> None:
             continue
         assert "defaults" in own and "stores" not in own.get("data", {}) or "demo" in path.stem
         cfg = load_pretrain(path)
-        recipe_file = next(d["augment"] for d in own["defaults"] if isinstance(d, dict))
-        recipe = yaml.safe_load((path.parent / f"{recipe_file}.yaml").read_text())
+        recipe_files = [d["augment"] for d in own["defaults"] if isinstance(d, dict)]
+        if not recipe_files:  # multi-task: each task composes its own recipe
+            parents = [d for d in own["defaults"] if isinstance(d, str) and d != "base"]
+            if parents:  # a variant of another method file (checked as that file)
+                assert all((path.parent / f"{d}.yaml").is_file() for d in parents)
+            else:
+                assert cfg.method.name == "multitask" and not cfg.augment.recipe
+            continue
+        recipe = yaml.safe_load((path.parent / f"{recipe_files[0]}.yaml").read_text())
         assert cfg.augment.recipe == recipe["recipe"]
         if "demo" not in path.stem:
             assert (
                 cfg.data.stores == base["data"]["stores"]
                 and cfg.train.max_steps == base["train"]["max_steps"]
             )
-            assert cfg.augment.params == recipe["params"]
+            own_params = own.get("augment", {}).get("params", {})
+            assert cfg.augment.params == {**recipe["params"], **own_params}
             assert cfg.data.batch_size == own.get("data", {}).get(
                 "batch_size", base["data"]["batch_size"]
             )

@@ -97,8 +97,12 @@ def test_eval_command_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     "path", sorted((Path(__file__).parents[1] / "configs" / "eval").glob("*.yaml")), ids=str
 )
 def test_shipped_eval_configs_are_valid(path: Path) -> None:
-    from pathssl.eval.config import load_config
+    from pathssl.eval.config import is_benchmark, load_benchmark_config, load_config
 
+    if is_benchmark(path):  # encoders x tasks: every encoder and task entry is checked
+        bcfg = load_benchmark_config(path)
+        assert bcfg.encoders and bcfg.tasks and all(f <= 1.0 for f in bcfg.fractions)
+        return
     cfg = load_config(path)
     p = cfg.protocols
     assert any(x is not None for x in (p.linear, p.knn, p.fewshot, p.finetune))

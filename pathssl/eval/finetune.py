@@ -1,14 +1,12 @@
-"""End-to-end fine-tuning of an encoder + linear classifier, through the one training loop.
+"""End-to-end fine-tuning of an encoder + linear classifier through the one training loop
+(:func:`train_classifier`: :class:`pathssl.train.loop.Trainer` with bf16 autocast on CUDA, NaN
+guard, ``metrics.jsonl``, resumable ``last.pt``, ``best.pt``; batches augmented on the device).
 
-The protocol of the "full fine-tune" rows in SSL pathology benchmarks (Kang et al. 2023; kaiko
-eva): trunk and a new linear layer trained together with AdamW, linear warm-up then cosine
-decay, random dihedral transforms (+ optional HED jitter, Tellez et al. 2019) as augmentation,
-a held-apart validation split scored every epoch, the weights of the best validation balanced
-accuracy kept and training stopped after ``patience`` epochs without improvement.
-
-It runs in :class:`pathssl.train.loop.Trainer` (bf16 autocast on CUDA, gradient clipping, NaN
-guard, ``metrics.jsonl``, resumable ``last.pt``, ``best.pt``) with a :class:`ClassifierModule`
-that owns forward and loss and an :class:`AugmentedStep` that augments batches on the device.
+- :func:`fine_tune`: the "full fine-tune" rows of SSL pathology benchmarks (Kang et al. 2023;
+  kaiko eva): AdamW, warm-up + cosine, dihedral transforms (+ HED jitter, Tellez et al. 2019),
+  a validation split scored every epoch, best weights kept, early stopping;
+- :func:`pathssl.eval.hyperrule.fine_tune_hyperrule`: BiT's HyperRule (Kolesnikov et al.
+  2020) through the same function, with :class:`BatchBiTCrop`.
 """
 
 from __future__ import annotations
@@ -39,15 +37,27 @@ VAL_KEYS = ("balanced_accuracy", "accuracy", "macro_f1")
 class ClassifierModule(nn.Module):
     """Encoder trunk + linear layer, normalisation inside.
 
-    ``logits(images)``: ``(B, 3, H, W)`` uint8 (or float in [0, 255]) -> ``(B, C)``;
+    ``logits(images)``: ``(B, 3, H, W)`` uint8 (or float in [0, 255]) -> ``(B, C)``, resized
+    to ``input_size`` first when set and different; ``zero_head``: the linear layer starts at 0;
     ``forward(images, {"label": (B,) or (B, C) soft})`` -> ``{"loss": cross-entropy,
     "accuracy"}`` (what the training loop calls)."""
 
-    def __init__(self, encoder: Encoder, num_classes: int, label_smoothing: float = 0.0) -> None:
+    def __init__(
+        self,
+        encoder: Encoder,
+        num_classes: int,
+        label_smoothing: float = 0.0,
+        zero_head: bool = False,
+        input_size: int | None = None,
+    ) -> None:
         super().__init__()
         self.trunk = encoder.model
         self.head = nn.Linear(feature_dim(encoder), num_classes)
+        if zero_head:  # BiT: the new head starts at zero
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
         self.label_smoothing = label_smoothing
+        self.input_size = input_size
         self.mean: Tensor
         self.std: Tensor
         self.register_buffer("mean", torch.tensor(encoder.mean).view(1, 3, 1, 1))
@@ -55,6 +65,9 @@ class ClassifierModule(nn.Module):
 
     def logits(self, images: Tensor) -> Tensor:
         x = (images.float() / 255.0 - self.mean) / self.std
+        size = self.input_size
+        if size is not None and tuple(x.shape[-2:]) != (size, size):  # HyperRule test size
+            x = nn.functional.interpolate(x, (size, size), mode="bilinear", align_corners=False)
         out: Tensor = self.head(self.trunk(x))
         return out
 
@@ -107,18 +120,43 @@ def build_augment(hed_jitter: float = 0.05) -> nn.Module:
     ops: list[nn.Module] = [BatchDihedral()]
     if hed_jitter > 0:
         ops.append(BatchHEDJitter(hed_jitter, hed_jitter, p=0.5))
+    return _Chain(ops)
 
-    class _Chain(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.ops = nn.ModuleList(ops)
 
-        def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-            for op in self.ops:
-                x = op(x, generator)
-            return x
+class _Chain(nn.Module):
+    """Batched ops ``(x, generator) -> x`` applied in order."""
 
-    return _Chain()
+    def __init__(self, ops: list[nn.Module]) -> None:
+        super().__init__()
+        self.ops = nn.ModuleList(ops)
+
+    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        for op in self.ops:
+            x = op(x, generator)
+        return x
+
+
+class BatchBiTCrop(nn.Module):
+    """BiT's training crop on a batch ``(B, 3, S, S)``: resize to ``resize`` (None: keep S) and
+    take a random ``crop`` x ``crop`` window per image (offsets on the resized grid, drawn from
+    ``generator``), done as one resampling of the source window (exact pixels when not
+    resized). Output ``(B, 3, crop, crop)`` of the input's dtype."""
+
+    def __init__(self, resize: int | None, crop: int) -> None:
+        super().__init__()
+        self.resize, self.crop = resize, crop
+
+    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        from pathssl.augment.torch_geometry import crop_boxes
+
+        side = x.shape[-1]
+        grid = self.resize or side
+        if self.crop > grid:
+            raise ValueError(f"crop {self.crop} px is larger than the {grid} px images")
+        scale = side / grid  # source pixels per resized pixel
+        off = torch.randint(0, grid - self.crop + 1, (x.shape[0], 2), generator=generator)
+        boxes = torch.cat([off.float() * scale, torch.full_like(off, self.crop) * scale], 1)
+        return crop_boxes(x, boxes, (self.crop, self.crop))
 
 
 def validation_split(
@@ -170,6 +208,107 @@ def predict(
     return out, torch.cat(labels).numpy().astype(np.int64)
 
 
+def train_classifier(
+    module: ClassifierModule,
+    train: Dataset[tuple[Tensor, int]],
+    labels: NDArray[np.int64],
+    num_classes: int,
+    *,
+    optim: OptimConfig,
+    loop: LoopConfig,
+    batch_size: int,
+    augment: nn.Module | None,
+    val_fraction: float,
+    patience: int | None,
+    mixup_alpha: float,
+    meta: dict[str, Any],
+) -> FineTuneResult:
+    """Train ``module`` (trunk + head, all weights) on ``train`` (``((3, H, W) uint8, label)``
+    items, ``labels (N,)``) with ``optim`` for ``loop.max_steps`` steps of ``batch_size`` in
+    the one loop (``loop``: out_dir, device, seed, precision, resume, ...), ``augment`` and
+    optional MixUp on the device. ``val_fraction`` of each class is held apart and scored every
+    ``loop.ckpt_every`` steps (balanced accuracy; the best weights are kept, ``patience``
+    validations without improvement stop it). ``meta``: the checkpoints' (kind, backbone)."""
+    tr_idx, val_idx = validation_split(labels, val_fraction, loop.seed)
+    train_ds = _Labelled(train, tr_idx)
+    check_out_dir(loop.out_dir, "--out")
+    check_previous_run(loop, meta)
+    device = torch.device(loop.device)
+    module = module.to(device)
+    sampler = ResumableSampler(np.zeros(len(train_ds), np.int64), seed=loop.seed)
+    loader = DataLoader(train_ds, batch_size=batch_size, sampler=sampler, drop_last=True)
+    history: list[tuple[int, dict[str, float]]] = []
+    validation = None
+    if val_idx.size:
+        val_ds = torch.utils.data.Subset(train, val_idx.tolist())
+
+        def run_validation() -> dict[str, float]:
+            out, y = predict(module, val_ds, batch_size, device)
+            m = classification_metrics(y, out.pred, out.proba, num_classes)
+            scores = {k: float(m[k]) for k in VAL_KEYS}  # type: ignore[arg-type]
+            history.append((trainer.step, scores))
+            return scores
+
+        every = loop.ckpt_every
+        validation = Validation(run_validation, every, "balanced_accuracy", "max", patience)
+    generator = torch.Generator().manual_seed(loop.seed)
+    step: BatchStep = AugmentedStep(device, augment, generator)
+    if mixup_alpha > 0:
+        step = MixUpStep(step, num_classes, mixup_alpha, generator)
+    params = [{"params": list(module.parameters()), "name": "all"}]
+    trainer = assemble(
+        module, params, loader, sampler, step, optim=optim, train=loop, device=device,
+        meta=meta, generator=generator, validation=validation,
+    )  # fmt: skip
+    if start(trainer, loop):  # the validations already done, from the run's log
+        for r in read_metrics(trainer.metrics.path):
+            if r.get("kind") == "val":
+                history.append((int(r["step"]), {k: float(r[k]) for k in VAL_KEYS}))
+    trainer.fit()
+    best = trainer.restore_best() if validation is not None else trainer.step
+    return FineTuneResult(module.eval(), best, trainer.step, history)
+
+
+def run_settings(
+    where: str,
+    out_dir: str | Path,
+    steps: int,
+    every: int,
+    precision: str,
+    device: str | torch.device,
+    seed: int,
+    progress: bool,
+    resume: bool,
+) -> LoopConfig:
+    """The loop settings of a fine-tuning run (``every``: steps between checkpoints and
+    validations), checked; errors name ``where`` (e.g. ``protocols.finetune``)."""
+    loop = LoopConfig(
+        max_steps=steps,
+        seed=seed,
+        out_dir=str(out_dir),
+        ckpt_every=every,
+        log_every=max(1, min(10, every)),
+        precision=precision,
+        device=str(device),
+        progress=progress,
+        resume=resume,
+    )
+    loop.check(where)
+    return loop
+
+
+def _check_inputs(
+    train: Dataset[tuple[Tensor, int]], labels: NDArray[np.int64], val_fraction: float, seed: int
+) -> int:
+    """The number of training tiles left after the validation split (errors when none)."""
+    if len(labels) != len(train):  # type: ignore[arg-type]
+        raise ValueError(f"{len(labels)} labels for {len(train)} tiles")  # type: ignore[arg-type]
+    n_train = validation_split(labels, val_fraction, seed)[0].size
+    if n_train == 0:
+        raise ValueError("no training tiles left after the validation split")
+    return int(n_train)
+
+
 def fine_tune(
     encoder: Encoder,
     train: Dataset[tuple[Tensor, int]],
@@ -206,21 +345,14 @@ def fine_tune(
     (:mod:`pathssl.train.assemble`): AdamW, ``warmup_epochs`` of linear warm-up, cosine decay,
     gradients clipped at 5.
     """
-    dev = torch.device(device)
     torch.manual_seed(seed)
     labels = np.asarray(labels, np.int64)
-    if len(labels) != len(train):  # type: ignore[arg-type]
-        raise ValueError(f"{len(labels)} labels for {len(train)} tiles")  # type: ignore[arg-type]
     for key, value in (("epochs", epochs), ("batch_size", batch_size)):
         if value < 1:
             raise ValueError(f"protocols.finetune.{key} must be >= 1, got {value}")
-    tr_idx, val_idx = validation_split(labels, val_fraction, seed)
-    if tr_idx.size == 0:
-        raise ValueError("no training tiles left after the validation split")
-    train_ds = _Labelled(train, tr_idx)
-    batch_size = min(batch_size, len(train_ds))
-    steps_per_epoch = max(1, len(train_ds) // batch_size)
-    steps = epochs * steps_per_epoch
+    n_train = _check_inputs(train, labels, val_fraction, seed)
+    batch_size = min(batch_size, n_train)
+    steps_per_epoch = max(1, n_train // batch_size)
     optim = OptimConfig(
         name="adamw",
         lr=lr,
@@ -229,66 +361,17 @@ def fine_tune(
         warmup_steps=max(1, int(warmup_epochs * steps_per_epoch)),
         clip_grad=5.0,
     )
-    loop = LoopConfig(
-        max_steps=steps,
-        seed=seed,
-        out_dir=str(out_dir),
-        ckpt_every=steps_per_epoch,
-        log_every=max(1, min(10, steps_per_epoch)),
-        precision=precision,
-        progress=progress,
-        resume=resume,
-    )
-    try:
-        optim.check("protocols.finetune")
-        loop.check("protocols.finetune")
-    except ValueError as exc:
-        raise ValueError(str(exc).replace(".max_steps", ".epochs")) from None
-    check_out_dir(out_dir, "--out")
-    meta = {"kind": "finetune", "backbone": encoder.name, "num_classes": num_classes}
-    check_previous_run(loop, meta)
-    module = ClassifierModule(encoder, num_classes, label_smoothing).to(dev)
-    sampler = ResumableSampler(np.zeros(len(train_ds), np.int64), seed=seed)
-    loader = DataLoader(train_ds, batch_size=batch_size, sampler=sampler, drop_last=True)
-    history: list[tuple[int, dict[str, float]]] = []
-    validation = None
-    if val_idx.size:
-        val_ds = torch.utils.data.Subset(train, val_idx.tolist())
-
-        def run_validation() -> dict[str, float]:
-            out, y = predict(module, val_ds, batch_size, dev)
-            m = classification_metrics(y, out.pred, out.proba, num_classes)
-            scores = {k: float(m[k]) for k in VAL_KEYS}  # type: ignore[arg-type]
-            history.append((trainer.step, scores))
-            return scores
-
-        validation = Validation(
-            run_validation, steps_per_epoch, "balanced_accuracy", "max", patience
-        )
-    generator = torch.Generator().manual_seed(seed)
-    step: BatchStep = AugmentedStep(dev, build_augment(hed_jitter), generator)
-    if mixup_alpha > 0:
-        step = MixUpStep(step, num_classes, mixup_alpha, generator)
-    trainer = assemble(
-        module,
-        [{"params": list(module.parameters()), "name": "all"}],
-        loader,
-        sampler,
-        step,
-        optim=optim,
-        train=loop,
-        device=dev,
-        meta=meta,
-        generator=generator,
-        validation=validation,
-    )
-    if start(trainer, loop):  # the validations already done, from the run's log
-        for r in read_metrics(trainer.metrics.path):
-            if r.get("kind") == "val":
-                history.append((int(r["step"]), {k: float(r[k]) for k in VAL_KEYS}))
-    trainer.fit()
-    best = trainer.restore_best() if validation is not None else trainer.step
-    return FineTuneResult(module.eval(), best, trainer.step, history)
+    optim.check("protocols.finetune")
+    loop = run_settings(
+        "protocols.finetune", out_dir, epochs * steps_per_epoch, steps_per_epoch, precision,
+        device, seed, progress, resume,
+    )  # fmt: skip
+    return train_classifier(
+        ClassifierModule(encoder, num_classes, label_smoothing), train, labels, num_classes,
+        optim=optim, loop=loop, batch_size=batch_size, augment=build_augment(hed_jitter),
+        val_fraction=val_fraction, patience=patience, mixup_alpha=mixup_alpha,
+        meta={"kind": "finetune", "backbone": encoder.name, "num_classes": num_classes},
+    )  # fmt: skip
 
 
 def summary(result: FineTuneResult) -> dict[str, Any]:
