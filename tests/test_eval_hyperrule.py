@@ -209,3 +209,26 @@ def test_hyperrule_scores_reports_the_rule(data_dir: Path, tmp_path: Path) -> No
     assert 0.0 <= res["balanced_accuracy"] <= 1.0 and len(res["confusion_matrix"]) == 3
     for k, v in encoder.model.state_dict().items():  # a copy was trained
         assert torch.equal(v, before[k]), k
+
+
+def test_pathssl_eval_runs_the_bit_hyperrule_protocol(tmp_path: Path) -> None:
+    """``protocols.bit_hyperrule`` in a ``pathssl eval`` config: the command fine-tunes with the
+    rule (its settings recorded), scores the test tiles and leaves the frozen protocols' encoder
+    as it was (the linear probe equals a run without the protocol)."""
+    from pathssl.commands.eval import evaluate
+    from pathssl.eval.config import load_config
+
+    cfg_file = Path(__file__).resolve().parents[1] / "configs/eval/qc_tissue_resnet18.yaml"
+    ov = ["protocols.fewshot=null", "protocols.knn=null", "train.device=cpu"]
+    plain = evaluate(load_config(cfg_file, ov), out_dir=tmp_path / "plain")
+    hr = ["protocols.bit_hyperrule={steps: 4, batch_size: 8}"]
+    got = evaluate(load_config(cfg_file, ov + hr), out_dir=tmp_path / "hr")
+    res = got["protocols"]["bit_hyperrule"]
+    assert 0.0 <= res["balanced_accuracy"] <= 1.0
+    assert (tmp_path / "hr" / "bit_hyperrule").is_dir() and "bit_hyperrule" not in plain[
+        "protocols"
+    ]
+    assert (
+        plain["protocols"]["linear"]["balanced_accuracy"]
+        == got["protocols"]["linear"]["balanced_accuracy"]
+    )

@@ -78,7 +78,16 @@ def evaluate(
     classes = train.class_names
     if len(test) == 0 or len(train) == 0:
         raise ValueError(f"empty split: {len(train)} train and {len(test)} test tiles")
-    encoder = load_encoder(cfg.model.backbone, cfg.model.checkpoint, image_size=size, seed=seed)
+    m = cfg.model
+    encoder = load_encoder(
+        m.backbone,
+        m.checkpoint,
+        image_size=size,
+        seed=seed,
+        mean=m.mean,
+        std=m.std,
+        tile_mpp=m.tile_mpp,
+    )
     train_ds = tile_dataset(encoder, train, size)  # at the encoder's tile_mpp, said once
     test_ds = tile_dataset(encoder, test, size, log=None)
     train_x, train_y = extract_features(encoder, train_ds, batch, dev)
@@ -87,6 +96,30 @@ def evaluate(
     results = run_protocols(
         train_x, train_y, test_x, test_y, len(classes), protocols, seed=cfg.data.seed
     )
+    if protocols.bit_hyperrule is not None:  # a copy of the encoder is trained
+        from pathssl.eval.hyperrule import hyperrule_scores
+
+        hr = protocols.bit_hyperrule
+        results["bit_hyperrule"] = hyperrule_scores(
+            encoder,
+            train_ds,
+            train.labels,
+            test_ds,
+            len(classes),
+            out / "bit_hyperrule",
+            image_size=size,
+            batch_size=hr.batch_size,
+            base_lr=hr.base_lr,
+            steps=hr.steps,
+            dataset_size=hr.dataset_size,
+            mixup=hr.mixup,
+            hed_jitter=hr.hed_jitter,
+            val_fraction=hr.val_fraction,
+            eval_batch_size=batch,
+            precision=cfg.train.precision,
+            device=dev,
+            seed=seed,
+        )
     if protocols.finetune is not None:
         results["finetune"] = finetune_scores(
             encoder,

@@ -167,6 +167,31 @@ def tile_task(
                 seed=seed,
                 progress=ctx.progress,
             )
+        hr = task.protocols.bit_hyperrule
+        if hr is not None:  # the rule picks its schedule from the subset's size, as BiT does
+            from pathssl.eval.hyperrule import hyperrule_scores
+
+            results["bit_hyperrule"] = hyperrule_scores(
+                encoder,  # trains a copy
+                Subset(train_ds, idx.tolist()),
+                train.labels[idx],
+                test_ds,
+                len(classes),
+                ctx.out_dir / f"bit_hyperrule_{fraction:g}_{seed}",
+                image_size=size,
+                batch_size=hr.batch_size,
+                base_lr=hr.base_lr,
+                steps=hr.steps,
+                dataset_size=hr.dataset_size,
+                mixup=hr.mixup,
+                hed_jitter=hr.hed_jitter,
+                val_fraction=hr.val_fraction,
+                eval_batch_size=batch,
+                precision=ctx.precision,
+                device=ctx.device,
+                seed=seed,
+                progress=ctx.progress,
+            )
         info = {
             "n_train": int(idx.size),
             "n_test": len(test),
@@ -176,7 +201,11 @@ def tile_task(
         yield CellResult(fraction, seed, flat_scores(results, SUMMARY_KEYS), info)
 
 
-TILE = TaskKind(tile_task, "balanced_accuracy", lambda t: t.protocols.finetune is not None)
+TILE = TaskKind(
+    tile_task,
+    "balanced_accuracy",
+    lambda t: t.protocols.finetune is not None or t.protocols.bit_hyperrule is not None,
+)
 
 
 def fingerprint(entry: EncoderEntry, task: TaskEntry, seed: int, precision: str) -> str:

@@ -18,6 +18,7 @@ and ``model.checkpoint`` (the encoder), ``data.batch_size``, ``train.out_dir``,
       linear: {l2: 1.0e-4, max_iter: 500}
       knn: {k: 20}
       fewshot: {shots: [1, 4, 16], episodes: 100}
+      bit_hyperrule: {batch_size: 512, base_lr: 0.003, steps: null, mixup: null}
       finetune: {epochs: 10, lr: 1.0e-4, weight_decay: 1.0e-4, batch_size: 32,
                  warmup_epochs: 1, val_fraction: 0.1, patience: 3, hed_jitter: 0.05,
                  label_smoothing: 0.0}
@@ -101,10 +102,15 @@ class DataConfig:
 class ModelConfig:
     """``backbone``: a registered backbone (random init, seeded by ``train.seed``) or, with a
     ``checkpoint`` (a pretraining checkpoint), the backbone it must hold (null: whatever it
-    holds)."""
+    holds). ``checkpoint`` may also be an encoder file of another program
+    (:mod:`pathssl.models.external`: torchvision, timm, DINO(v2), BiT ``.npz``, ``.safetensors``);
+    ``mean``/``std``/``tile_mpp`` then give what such a file does not record."""
 
     backbone: str | None = None
     checkpoint: str | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    tile_mpp: float | None = setting(None, gt=0.0)
 
 
 @dataclass
@@ -148,6 +154,25 @@ class FinetuneConfig:
 
 
 @dataclass
+class BitHyperRuleConfig:
+    """BiT-HyperRule fine-tuning (Kolesnikov et al. 2020; :mod:`pathssl.eval.hyperrule`): SGD
+    momentum 0.9 at ``base_lr * batch_size / 512`` (linear scaling for small CPU batches),
+    schedule length from the training set's size (``dataset_size``: another size's rule; null:
+    the training tiles) or ``steps``, warm-up and decays by 10 at 30/60/90 %, MixUp from 20k
+    examples on (``mixup``: alpha instead of the rule's; null: the rule's), zero-initialised
+    head, random crops (tiles under 96 px: resize 160, crop 128), dihedral transforms,
+    ``hed_jitter`` (0: off). ``val_fraction`` > 0: the best validated weights are kept."""
+
+    batch_size: int = setting(512, ge=1)
+    base_lr: float = setting(0.003, gt=0.0)
+    steps: int | None = setting(None, ge=1)
+    dataset_size: int | None = setting(None, ge=1)
+    mixup: float | None = setting(None, ge=0.0)
+    hed_jitter: float = setting(0.0, ge=0.0)
+    val_fraction: float = setting(0.0, ge=0.0, lt=1.0)
+
+
+@dataclass
 class ProtocolsConfig:
     """The protocols to run; a protocol set to null (or left out) does not run. With none set,
     ``linear`` and ``knn`` run with their defaults."""
@@ -156,6 +181,7 @@ class ProtocolsConfig:
     knn: KnnConfig | None = None
     fewshot: FewShotConfig | None = None
     finetune: FinetuneConfig | None = None
+    bit_hyperrule: BitHyperRuleConfig | None = None
 
 
 @dataclass
@@ -205,7 +231,7 @@ def validate(cfg: EvalConfig) -> None:
 def with_default_protocols(cfg: EvalConfig) -> EvalConfig:
     """``cfg`` with ``linear`` and ``knn`` (defaults) when it lists no protocol."""
     p = cfg.protocols
-    if all(x is None for x in (p.linear, p.knn, p.fewshot, p.finetune)):
+    if all(x is None for x in (p.linear, p.knn, p.fewshot, p.finetune, p.bit_hyperrule)):
         p.linear, p.knn = LinearConfig(), KnnConfig()
     return cfg
 

@@ -28,7 +28,7 @@ __all__ = [
 
 def is_eval_output(out: Path) -> bool:
     """Whether the folder ``out`` is an earlier ``pathssl eval`` output."""
-    return (out / "metrics.json").is_file() or (out / "finetune").is_dir()
+    return any((out / name).exists() for name in ("metrics.json", "finetune", "bit_hyperrule"))
 
 
 def _strings(value: Any) -> list[str]:

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from pathssl.augment import ViewRecipe, build_recipe
 from pathssl.config import ConfigError
-from pathssl.models.backbones import ResNetBackbone, ViTBackbone
+from pathssl.models.backbones import Backbone
 from pathssl.ssl.base import METHODS, SSLMethod, recipe_for
 
 KEY = "method.params.tasks"
@@ -156,7 +156,7 @@ class MultiTask(SSLMethod):
 
     def __init__(
         self,
-        backbone: ResNetBackbone | ViTBackbone,
+        backbone: Backbone,
         tasks: dict[str, Any],
         lasso: bool = False,
         lasso_l1: float = 1e-3,

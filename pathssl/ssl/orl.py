@@ -38,7 +38,7 @@ from torchvision.ops import roi_align
 
 from pathssl.augment.torch_views import BatchView
 from pathssl.augment.view_spec import ViewSpec
-from pathssl.models.backbones import ResNetBackbone, ViTBackbone
+from pathssl.models.backbones import Backbone
 from pathssl.ssl.base import METHODS, collapse_std
 from pathssl.ssl.byol import BYOL
 from pathssl.ssl.heads import MLPHead
@@ -210,7 +210,7 @@ class ORL(BYOL):
 
     def __init__(
         self,
-        backbone: ResNetBackbone | ViTBackbone,
+        backbone: Backbone,
         pairs: str | None = None,
         proj_hidden_dim: int = 4096,
         proj_dim: int = 256,

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pathssl.models.backbones import ResNetBackbone, ViTBackbone
+from pathssl.models.backbones import Backbone
 from pathssl.ssl.base import METHODS, LabelledBatch, SSLMethod, collapse_std, multi_crop_apply
 from pathssl.ssl.heads import MLPHead
 from pathssl.ssl.rotation import rotate_four
@@ -76,7 +76,7 @@ class S4LRotation(SSLMethod):
 
     def __init__(
         self,
-        backbone: ResNetBackbone | ViTBackbone,
+        backbone: Backbone,
         num_classes: int = 2,
         weight: float = 1.0,
         ssl_on_labelled: bool = True,
@@ -135,7 +135,7 @@ class S4LExemplar(SSLMethod):
 
     def __init__(
         self,
-        backbone: ResNetBackbone | ViTBackbone,
+        backbone: Backbone,
         num_classes: int = 2,
         weight: float = 1.0,
         ssl_on_labelled: bool = True,

@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pathssl.models.backbones import ResNetBackbone, ViTBackbone
+from pathssl.models.backbones import Backbone
 from pathssl.ssl.base import METHODS, LabelledBatch, SSLMethod, collapse_std
 
 
@@ -41,7 +41,7 @@ class Supervised(SSLMethod):
 
     def __init__(
         self,
-        backbone: ResNetBackbone | ViTBackbone,
+        backbone: Backbone,
         num_classes: int = 2,
         label_smoothing: float = 0.0,
     ) -> None:

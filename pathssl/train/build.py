@@ -223,7 +223,8 @@ def build_trainer(
             broadcast_buffers=False,
         )
     o = cfg.optim
-    lr = scaled_lr(o.lr, cfg.data.batch_size * dist_info.world_size, o.lr_scaling)
+    per_step = cfg.data.batch_size if uses_tiles else cfg.data.labelled.batch_size
+    lr = scaled_lr(o.lr, per_step * dist_info.world_size, o.lr_scaling)  # the step's images
     seed_everything(t.seed + dist_info.rank)
     generator = view_generator(t.seed, dist_info.rank)
     meta = {
