@@ -1,4 +1,4 @@
-"""The one label-fraction sweep (``pathssl.eval.sweep``): exact per-stratum counts against a hand
+"""The one label-fraction sweep (``pathssl.data.sweep``): exact per-stratum counts against a hand
 count, nested and reproducible subsets, uniform draws, the (fraction, seed) cells, mean +- sd
 against ``statistics``; and the nuclei label-efficiency subsets drawn through it."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pathssl.eval.sweep import (
+from pathssl.data.sweep import (
     check_fractions,
     fraction_subset,
     mean_sd,

@@ -20,7 +20,6 @@ from pathssl.ssl.supervised import Supervised
 from pathssl.train import load_checkpoint, load_config
 from pathssl.train.assemble import start
 from pathssl.train.config import ConfigError
-from pathssl.train.labelled import stratified_fraction
 from pathssl.train.logger import read_metrics
 
 
@@ -128,23 +127,6 @@ def test_supervised_loss_is_cross_entropy_of_each_image() -> None:
     assert float(got["loss"]) == pytest.approx(ref, rel=1e-4)
 
 
-def test_stratified_fraction_hand_counts_nested_and_seeded() -> None:
-    labels = np.array([0] * 10 + [1] * 3 + [2] * 1)
-    counts = {
-        f: np.bincount(labels[stratified_fraction(labels, f, 0)]).tolist() for f in (0.1, 0.5, 1.0)
-    }
-    # round(1.0) = 1; round(0.3) = 0 -> 1 (every class keeps one); round(1.5) = 2; round(0.5) = 0 -> 1
-    assert counts == {0.1: [1, 1, 1], 0.5: [5, 2, 1], 1.0: [10, 3, 1]}
-    small, half = set(stratified_fraction(labels, 0.1, 0)), set(stratified_fraction(labels, 0.5, 0))
-    assert small <= half  # a smaller fraction keeps a subset of a larger one's images
-    assert np.array_equal(stratified_fraction(labels, 0.5, 0), stratified_fraction(labels, 0.5, 0))
-    assert not np.array_equal(
-        stratified_fraction(labels, 0.5, 0), stratified_fraction(labels, 0.5, 1)
-    )
-    with pytest.raises(ValueError, match="fraction"):
-        stratified_fraction(labels, 0.0, 0)
-
-
 def test_labelled_stream_gives_the_kept_crops_with_their_labels(
     store: Path, train_csv: Path, tmp_path: Path
 ) -> None:
@@ -163,7 +145,8 @@ def test_labelled_stream_gives_the_kept_crops_with_their_labels(
     )
     meta = trainer.meta["labelled"]
     assert meta["class_names"] == names and meta["images"] == len(rows)
-    assert meta["kept_per_class"] == [max(1, round(n * 0.25)) for n in per_class]
+    # the sweep's rule (pathssl.data.sweep): ceil(fraction * n), at least one per class
+    assert meta["kept_per_class"] == [max(1, -(-n // 4)) for n in per_class]
     assert isinstance(trainer.loader, PairedLoader)
     labelled_ds = trainer.loader.second.dataset
     kept = {

@@ -9,7 +9,7 @@ each finished cell). This module registers ``tile`` (tile classification with th
 eval`` protocols, :func:`tile_task`); the nuclei layer adds ``nuclei``
 (:mod:`pathssl.nuclei.bench`), which is how ``pathssl eval`` runs both.
 
-Label fractions are :mod:`pathssl.eval.sweep`'s: a stratified, seeded, nested subset of the
+Label fractions are :mod:`pathssl.data.sweep`'s: a stratified, seeded, nested subset of the
 training labels per (fraction, seed); frozen features are extracted once per encoder and task.
 Resumable: every finished cell is one line of ``OUT/cells.jsonl`` (with a fingerprint of the
 encoder entry, its checkpoint file, the task and the seeds' settings); a rerun skips the cells it
@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from pathssl.config import to_plain
+from pathssl.data.sweep import check_fractions, sweep_cells
 from pathssl.eval.config import EncoderEntry, TaskEntry
 from pathssl.eval.encoder import Encoder
-from pathssl.eval.sweep import check_fractions, sweep_cells
 
 CELLS = "cells.jsonl"
 
@@ -130,10 +130,10 @@ def tile_task(
     import torch
     from torch.utils.data import Subset
 
+    from pathssl.data.sweep import fraction_subset
     from pathssl.eval.data import labelled_splits
     from pathssl.eval.encoder import extract_features, tile_dataset
     from pathssl.eval.protocols import SUMMARY_KEYS, finetune_scores, run_protocols
-    from pathssl.eval.sweep import fraction_subset
 
     assert task.data is not None
     size, batch = task.data.image_size, task.data.batch_size

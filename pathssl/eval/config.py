@@ -38,7 +38,7 @@ A config with ``encoders:`` and ``tasks:`` lists is a benchmark (:class:`Benchma
       - {name: crops, kind: tile, data: {...as above...}, protocols: {knn: {k: 20}}, note: ""}
       - {name: nuclei, kind: nuclei, config: configs/nuclei/manual_cpu.yaml,
          overrides: [train.max_steps=200]}
-    fractions: [0.01, 0.1, 1.0]  # of the training labels (the one sweep: pathssl.eval.sweep)
+    fractions: [0.01, 0.1, 1.0]  # of the training labels (the one sweep: pathssl.data.sweep)
     seeds: [0, 1, 2]             # subsets (and seeded training) per fraction below 1
     train: {out_dir: runs/benchmark, device: auto, seed: 0, precision: auto}
 
@@ -296,7 +296,7 @@ class TaskEntry:
 
 @dataclass
 class BenchmarkConfig:
-    """Every encoder on every task, at each label fraction (:mod:`pathssl.eval.sweep`)."""
+    """Every encoder on every task, at each label fraction (:mod:`pathssl.data.sweep`)."""
 
     encoders: list[EncoderEntry] = field(default_factory=list)
     tasks: list[TaskEntry] = field(default_factory=list)

@@ -121,9 +121,9 @@ def benchmark_report(
 ) -> dict[str, Any]:
     """Table of a benchmark from its cell ``records`` (``encoder, task, fraction, seed,
     scores{protocol: {metric: value}}``): one row per encoder x task x protocol x fraction x
-    metric with mean, sd (over seeds, :func:`pathssl.eval.sweep.mean_sd`) and the values.
+    metric with mean, sd (over seeds, :func:`pathssl.data.sweep.mean_sd`) and the values.
     ``tasks``: (name, headline metric, note) in order; ``skipped``: encoder name -> why."""
-    from pathssl.eval.sweep import mean_sd
+    from pathssl.data.sweep import mean_sd
 
     groups: dict[tuple[str, str, str, float, str], dict[int, Any]] = {}
     for r in records:

@@ -2,11 +2,11 @@
 
 The labelled area is cut into ``train.label_tile`` px tiles, and each (fraction, seed) run keeps
 the stratified, seeded, nested subset of them that the package's one label-fraction sweep draws
-(:func:`pathssl.eval.sweep.fraction_subset`, strata = the tiles' ``data.sources``; shared with
+(:func:`pathssl.data.sweep.fraction_subset`, strata = the tiles' ``data.sources``; shared with
 ``pathssl eval``'s benchmark): :func:`sweep_subset`. Each run trains from the same
 initialisation (seeded by its seed) for the same number of steps, is evaluated on the same
 held-apart images, and the mean metric-vs-fraction curve (mean +- sd over seeds,
-:func:`pathssl.eval.sweep.mean_sd`, in ``summary``) is drawn as a PNG with OpenCV. The metric
+:func:`pathssl.data.sweep.mean_sd`, in ``summary``) is drawn as a PNG with OpenCV. The metric
 function is passed in (``score``: images + predictions -> ``{name: value}``), so this module does
 not depend on a particular metrics implementation; ``pathssl nuclei label-efficiency`` passes
 ``pathssl.eval.metrics`` (PQ, mPQ, AJI, Dice, detection F1).
@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from pathssl.eval.sweep import fraction_subset, mean_sd, sweep_cells
+from pathssl.data.sweep import fraction_subset, mean_sd, sweep_cells
 from pathssl.nuclei.config import NucleiConfig
 from pathssl.nuclei.data import LabelledImage, PanNukeFold, image_keys
 from pathssl.nuclei.postprocess import Instances
@@ -56,7 +56,7 @@ def sweep_subset(
 ) -> Sequence[LabelledImage]:
     """The label tiles of one sweep cell: ``images`` cut into ``tile`` px tiles (all of them,
     :func:`~pathssl.nuclei.splits.subset_labels` at fraction 1), of which each source keeps
-    ``ceil(fraction * n)`` (:func:`pathssl.eval.sweep.fraction_subset`; nested in ``fraction``
+    ``ceil(fraction * n)`` (:func:`pathssl.data.sweep.fraction_subset`; nested in ``fraction``
     for one ``seed``). A lazy PanNuke fold stays lazy."""
     tiles = subset_labels(images, 1.0, tile, seed=0)
     index = fraction_subset([source for source, _ in image_keys(tiles)], fraction, seed)

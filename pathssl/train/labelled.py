@@ -1,8 +1,8 @@
 """The labelled stream of the methods that train on labels (``needs_labels``: S4L, supervised).
 
 :func:`pathssl.train.build.build_trainer` wires it for such a method: a seeded, stratified
-``data.labelled.fraction`` of a labelled set (:func:`stratified_fraction`), an infinite
-resumable order over it (:class:`pathssl.data.ResumableSampler`, seeded by ``train.seed``) and
+``data.labelled.fraction`` of a labelled set (:func:`pathssl.data.sweep.fraction_subset`, the
+package's one label-fraction sweep), an infinite resumable order over it (:class:`pathssl.data.ResumableSampler`, seeded by ``train.seed``) and
 a loader of ``{"image": (B_l, 3, S, S) uint8, "label": (B_l,) int64}`` batches, zipped with the
 tile stream (:class:`~pathssl.train.streams.PairedLoader`) or alone for a method that reads no
 tiles. Exact resume: the labelled sampler restarts from the count the loop consumed
@@ -26,6 +26,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from pathssl.data import ResumableSampler
+from pathssl.data.sweep import fraction_subset
 from pathssl.train.config import ConfigError, LabelledConfig
 from pathssl.train.distributed import DistInfo
 from pathssl.train.streams import PairedLoader, PairedSampler
@@ -48,21 +49,6 @@ class LabelledSet:
 
 #: the tiles' mpp (None: unknown) -> the labelled set read at that mpp
 LabelledSource = Callable[[float | None], LabelledSet]
-
-
-def stratified_fraction(labels: NDArray[np.int64], fraction: float, seed: int) -> NDArray[np.int64]:
-    """Sorted indices of ``round(fraction * n_c)`` items (at least 1) of every class ``c``,
-    drawn with ``seed``. For one seed the draws are nested: a smaller fraction keeps a subset
-    of a larger one's items (each class's order depends only on the seed and class sizes)."""
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    labels = np.asarray(labels, dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    keep: list[int] = []
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        keep.extend(idx[: max(1, round(idx.size * fraction))].tolist())
-    return np.sort(np.asarray(keep, dtype=np.int64))
 
 
 class LabelledItems(Dataset[dict[str, Any]]):
@@ -101,8 +87,8 @@ def labelled_stream(
     pin: bool = False,
 ) -> tuple[DataLoader[Any], ResumableSampler, dict[str, Any]]:
     """(loader, its resumable sampler, a description for the checkpoint's ``meta``) of the
-    ``fraction`` of ``lset`` kept by :func:`stratified_fraction` with ``subset_seed``, in an
-    order drawn from ``order_seed``. Fewer than 2 classes kept is a :class:`ConfigError`."""
+    ``fraction`` of ``lset`` kept by :func:`pathssl.data.sweep.fraction_subset` with
+    ``subset_seed``, in an order drawn from ``order_seed``. Fewer than 2 classes kept is a :class:`ConfigError`."""
     n_classes = len(np.unique(lset.labels))
     if len(lset.labels) == 0 or n_classes < 2:
         raise ConfigError(
@@ -110,7 +96,7 @@ def labelled_stream(
             f"images of {n_classes} class(es); training on labels needs 2 classes or more",
             "data.labelled.config",
         )
-    index = stratified_fraction(lset.labels, fraction, subset_seed)
+    index = fraction_subset(lset.labels, fraction, subset_seed)
     kept = lset.labels[index]
     sampler = ResumableSampler(
         np.zeros(len(index), dtype=np.int64),
