@@ -35,6 +35,21 @@ def test_output_shapes_any_size(backbone: str, params: dict[str, object]) -> Non
     assert out[TP_KEY].shape == (2, 4, 70, 100)
 
 
+def test_vit_of_another_patch_size_reads_a_stride_16_grid() -> None:
+    """A patch-8 ViT (as a patch-14 ViT-H would) sees the input resized by 8/16, so that its
+    token grid is H/16 x W/16, and the model's maps come back at the input's size."""
+    model = build_nuclei_model("vit_tiny", 3, backbone_params={"patch_size": 8}).eval()
+    seen: list[tuple[int, ...]] = []
+    patchify = model.encoder.backbone.conv_proj  # the ViT's first layer sees the image
+    patchify.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape)))
+    x = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        feats = model.encoder(x)
+        out = model(x)
+    assert seen[0] == (2, 3, 32, 48)  # (64 / 16 * 8, 96 / 16 * 8)
+    assert feats[3].shape[-2:] == (4, 6) and out[NP_KEY].shape == (2, 2, 64, 96)
+
+
 def test_finetune_modes_and_pretrained_trunk() -> None:
     trunk = build_backbone("resnet18")
     torch.nn.init.constant_(trunk.layer4[1].conv2.weight, 0.01)

@@ -73,12 +73,15 @@ class ConvEncoder(nn.Module):
 
 
 class ViTEncoder(nn.Module):
-    """ViT tokens ``(B, 1 + N, D)`` -> 5 maps at strides 2 .. 32 through a feature pyramid."""
+    """ViT tokens ``(B, 1 + N, D)`` -> 5 maps at strides 2 .. 32 through a feature pyramid.
+
+    The pyramid reads a token grid at stride 16. A ViT with another patch size ``p`` (e.g. the
+    ViT-H/14 foundation encoders) sees the input resized by ``p / 16`` (bilinear, antialiased),
+    so that its grid is ``H / 16 x W / 16``: the same tissue per token, at a slightly different
+    pixel size."""
 
     def __init__(self, backbone: ViTBackbone, stem_channels: int = 32) -> None:
         super().__init__()
-        if backbone.patch_size != 16:
-            raise ValueError(f"the ViT adapter expects patch size 16, got {backbone.patch_size}")
         self.backbone = backbone
         d = backbone.embed_dim
         self.stem = nn.Sequential(conv_bn_relu(3, stem_channels, stride=2))
@@ -95,7 +98,12 @@ class ViTEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> list[Tensor]:
         b, _, h, w = x.shape
-        tokens = self.backbone.forward_features(x)[:, 1:]  # (B, N, D), class token dropped
+        p = self.backbone.patch_size
+        xv = x
+        if p != 16:  # a grid of h/16 x w/16 tokens for any patch size
+            size = (h // 16 * p, w // 16 * p)
+            xv = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        tokens = self.backbone.forward_features(xv)[:, 1:]  # (B, N, D), class token dropped
         grid = tokens.transpose(1, 2).reshape(b, -1, h // 16, w // 16)
         return [self.stem(x), self.up4(grid), self.up8(grid), self.same16(grid), self.down32(grid)]
 
