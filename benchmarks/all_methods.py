@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -59,7 +60,24 @@ CPU_PARAMS: dict[str, dict[str, Any]] = {
     "context": {"pair_dim": 128, "hidden_dim": 1024},
     "pirl": {"proj_dim": 128, "bank_size": 4096, "num_negatives": 1024, "num_permutations": 1000},
     "colorization": {"head_dim": 128, "grid_step": 10.0, "target_stride": 8, "rebalance": True},
+    "s4l_rotation": {"head_hidden_dim": 512},
+    "s4l_exemplar": {"triplet_dim": 128},
+    "supervised": {},
+    "split_brain": {"head_dim": 128, "grid_step": 10.0, "target_stride": 8},
+    "orl": {"proj_hidden_dim": 512, "proj_dim": 128, "momentum": 0.99, "patch_size": 32},
 }
+# multitask: the shipped tasks (context, colorization, simclr) at their CPU sizes
+CPU_PARAMS["multitask"] = {
+    "tasks": {
+        "context": {"weight": 1.0, "params": CPU_PARAMS["context"]},
+        "colorization": {"weight": 0.5, "params": CPU_PARAMS["colorization"]},
+        "simclr": {"weight": 1.0, "params": CPU_PARAMS["simclr"]},
+    }
+}
+# methods that train on labels: a seeded, stratified tenth of the kNN training crops (the
+# semi-supervised setting of S4L; the kNN test crops are never trained on)
+LABELLED = {"s4l_rotation", "s4l_exemplar", "supervised"}
+LABEL_FRACTION = 0.1
 # step-based knobs of the paper configs, as a fraction of the run
 STEP_KNOBS: dict[str, dict[str, float]] = {
     "swav": {"freeze_prototypes_steps": 0.05, "queue_start_step": 0.15},
@@ -71,13 +89,18 @@ TILES: dict[str, Any] = {"mpp": 0.5, "size": 128, "overlap": 96}
 
 
 def backbone(method: str) -> str:
+    """ViT-Tiny for the masked methods, the split ResNet-18 (two half-width trunks) for
+    split-brain, ResNet-18 for the rest."""
+    if method == "split_brain":
+        return "resnet18_split"
     return "vit_tiny" if method in VIT_METHODS else "resnet18"
 
 
 def pretrain_overrides(
-    method: str, arch: str, store: Path, out: Path, steps: int, seed: int
+    method: str, arch: str, store: Path, out: Path, steps: int, seed: int, extra: list[str]
 ) -> list[str]:
-    """``key=value`` overrides of ``configs/pretrain/<method>.yaml`` for the CPU budget."""
+    """``key=value`` overrides of ``configs/pretrain/<method>.yaml`` for the CPU budget;
+    ``extra``: the run's own (the labelled set, ORL's pairs file)."""
     ov = [
         f"model.backbone={arch}",
         f"augment.params.size={VIEW}",
@@ -110,19 +133,31 @@ def pretrain_overrides(
     ov += [f"method.params.{k}={v}" for k, v in CPU_PARAMS.get(method, {}).items()]
     for key, frac in STEP_KNOBS.get(method, {}).items():
         ov.append(f"method.params.{key}={max(1, int(steps * frac))}")
-    return ov
+    return ov + extra
+
+
+def build(
+    method: str, arch: str, store: Path, out: Path, steps: int, seed: int, extra: list[str]
+) -> Any:
+    """The trainer of one run (the labelled stream for the methods that train on labels)."""
+    from pathssl.eval.online import labelled_source
+    from pathssl.train import build_trainer, load_config
+
+    ov = pretrain_overrides(method, arch, store, out, steps, seed, extra)
+    cfg = load_config(REPO / "configs" / "pretrain" / f"{method}.yaml", ov)
+    source = None
+    if cfg.data.labelled.config:
+        source = labelled_source(cfg.data.labelled.config, backbone=arch, log=None)
+    return build_trainer(cfg, labelled=source)
 
 
 def pretrain(
-    method: str, arch: str, store: Path, out: Path, steps: int, seed: int
+    method: str, arch: str, store: Path, out: Path, steps: int, seed: int, extra: list[str]
 ) -> dict[str, Any]:
     """Fresh run of ``steps`` steps; wall time, images/s and first/last loss."""
-    from pathssl.train import build_trainer, load_config
     from pathssl.train.logger import read_metrics
 
-    cfg_file = REPO / "configs" / "pretrain" / f"{method}.yaml"
-    cfg = load_config(cfg_file, pretrain_overrides(method, arch, store, out, steps, seed))
-    trainer = build_trainer(cfg)
+    trainer = build(method, arch, store, out, steps, seed, extra)
     t0 = time.perf_counter()
     trainer.fit()
     seconds = time.perf_counter() - t0
@@ -139,23 +174,75 @@ def pretrain(
 
 
 def steps_for_budget(
-    method: str, arch: str, store: Path, work: Path, seconds: float
+    method: str, arch: str, store: Path, work: Path, seconds: float, extra: list[str]
 ) -> tuple[int, float]:
     """Steps that fit ``seconds`` (a 12-step run timed after its first 2 steps) and s/step."""
-    from pathssl.train import build_trainer, load_config
     from pathssl.train.logger import read_metrics
 
     probe = work / f"probe_{method}_{arch}"
-    cfg = load_config(
-        REPO / "configs" / "pretrain" / f"{method}.yaml",
-        pretrain_overrides(method, arch, store, probe, 12, 0) + ["train.log_every=1"],
-    )
-    trainer = build_trainer(cfg)
-    trainer.fit()
+    shutil.rmtree(probe, ignore_errors=True)  # a fresh probe, never a resumed one
+    build(method, arch, store, probe, 12, 0, [*extra, "train.log_every=1"]).fit()
 
     times = [r["time"] for r in read_metrics(probe / "metrics.jsonl") if r.get("kind") == "train"]
     per_step = (times[-1] - times[1]) / max(1, len(times) - 2)
     return max(10, int(seconds / per_step)), per_step
+
+
+def run_inputs(
+    method: str,
+    seed: int,
+    minutes: float,
+    store: Path,
+    crops: tuple[Path, Path],
+    work: Path,
+    done: list[dict[str, Any]],
+) -> tuple[list[str], dict[str, Any]]:
+    """A run's own overrides, and what it needed before its budget (ORL's stage 2, timed):
+
+    * the labelled methods read ``LABEL_FRACTION`` of the kNN training crops (a ``pathssl eval``
+      config of them, written beside them);
+    * ORL's stage 1 is this seed's BYOL run of the table; stage 2 (proposals, cached once per
+      store, and the cross-tile RoI pairs) runs here, outside the 3-minute budget of stage 3."""
+    if method in LABELLED:
+        train_csv, test_csv = crops
+        cfg = train_csv.with_name("eval.yaml")
+        cfg.write_text(
+            json.dumps(
+                {
+                    "data": {
+                        "source": {"format": "csv", "csv": str(train_csv)},
+                        "test": {"format": "csv", "csv": str(test_csv)},
+                        "image_size": VIEW,
+                    }
+                }
+            )
+        )
+        return [
+            f"data.labelled.config={json.dumps(str(cfg))}",
+            f"data.labelled.fraction={LABEL_FRACTION}",
+            f"data.labelled.batch_size={BATCH}",
+            "data.labelled.num_workers=0",
+            f"data.labelled.seed={seed}",
+        ], {}
+    if method == "orl":
+        from pathssl.orl.cache import compute_proposals
+        from pathssl.orl.pairs import build_pairs
+
+        byol = [
+            r for r in done if (r["method"], r["seed"], r["minutes"]) == ("byol", seed, minutes)
+        ]
+        if not byol:
+            raise SystemExit("orl needs this seed's byol run first (its stage 1): add byol")
+        t0 = time.perf_counter()
+        compute_proposals(store, workers=os.cpu_count() or 1)
+        t1 = time.perf_counter()
+        pairs = build_pairs(
+            [store], byol[0]["checkpoint"], work / f"orl_pairs_{seed}", device="cpu"
+        )
+        t2 = time.perf_counter()
+        info = {"stage1": "byol", "proposals_s": t1 - t0, "pairs_s": t2 - t1}
+        return [f"method.params.pairs={json.dumps(str(pairs))}"], info
+    return [], {}
 
 
 def knn(checkpoint: str | None, arch: str, crops: tuple[Path, Path], seed: int) -> float:
@@ -182,6 +269,7 @@ def nuclei_pq(
     checkpoint: str | None, arch: str, config: Path, steps: int, out: Path, seed: int
 ) -> dict[str, Any]:
     """A frozen-trunk nuclei head trained ``steps`` steps; its held-apart scores."""
+    shutil.rmtree(out, ignore_errors=True)  # a fresh head, never a resumed one
     from pathssl.nuclei.config import load_config
     from pathssl.nuclei.label_efficiency import held_apart_scores
     from pathssl.nuclei.train import train_nuclei
@@ -260,6 +348,41 @@ def table(rows: list[dict[str, Any]], ref: dict[str, float], notes: list[str]) -
     return "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"
 
 
+def loss_grid(rows: list[dict[str, Any]], out_png: Path, columns: int = 4) -> Path | None:
+    """One small loss curve per method (its first seed's run), tiled into one PNG: losses of
+    different methods are on different scales, so each panel has its own axis."""
+    import tempfile
+
+    import cv2
+    import numpy as np
+
+    from pathssl.demo.plots import draw_curve, read_losses
+    from tiling.atomic import atomic_write
+
+    runs = {}
+    for r in sorted(rows, key=lambda r: (r["method"], r["seed"])):
+        if r.get("checkpoint") and r["method"] not in runs:
+            runs[r["method"]] = Path(r["checkpoint"]).parent / "metrics.jsonl"
+    if not runs:
+        return None
+    panels = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for method, metrics in runs.items():
+            steps, values = read_losses(metrics)
+            png = draw_curve(
+                steps, values, Path(tmp) / f"{method}.png", title=method, size=(240, 360)
+            )
+            panels.append(cv2.imread(str(png), cv2.IMREAD_COLOR))
+    blank = np.full_like(panels[0], 255)
+    panels += [blank] * (-len(panels) % columns)
+    grid = np.vstack([np.hstack(panels[i : i + columns]) for i in range(0, len(panels), columns)])
+    ok, data = cv2.imencode(".png", grid)
+    if not ok:
+        raise RuntimeError(f"could not encode {out_png}")
+    atomic_write(out_png, data.tobytes())
+    return out_png
+
+
 def update_readme(text: str) -> None:
     from tiling.atomic import atomic_write
 
@@ -317,15 +440,15 @@ def main(argv: list[str] | None = None) -> int:
             arch = backbone(method)
             if (method, arch, seed, args.minutes) in have:
                 continue
-            steps, per_step = steps_for_budget(method, arch, store, args.out, budget)
-            pre = pretrain(method, arch, store, args.out / f"{method}_{seed}", steps, seed)
-            out = args.out / f"nuclei_{method}_{seed}"
-            nuc = nuclei_pq(
-                pre["checkpoint"], arch, args.nuclei_config, args.nuclei_steps, out, seed
-            )
-            knn_acc = knn(pre["checkpoint"], arch, crops, seed)
-            row = _row(method, arch, seed, args.minutes, probe_s_per_step=per_step, **pre, **nuc)
-            record({**row, "knn": knn_acc})
+            try:
+                row = one_run(method, arch, seed, args, store, crops, budget, done)
+            except Exception:  # noqa: BLE001  (one method's failure never stops the table)
+                import traceback
+
+                traceback.print_exc()
+                print(f"{method} (seed {seed}) failed; the other methods go on", flush=True)
+                continue
+            record(row)
     rows = [r for r in done if r["minutes"] == args.minutes and r["seed"] in args.seeds]
     ref = {}
     for arch in archs:
@@ -335,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         if not same:  # SimCLR on this trunk for speed only (the masked methods' reference)
             speed = [r for r in done if r["method"] == "simclr_speed" and r["backbone"] == arch]
             if not speed:
-                _, per_step = steps_for_budget("simclr", arch, store, args.out, 1.0)
+                _, per_step = steps_for_budget("simclr", arch, store, args.out, 1.0, [])
                 record(_row("simclr_speed", arch, 0, args.minutes, images_per_s=BATCH / per_step))
                 speed = [done[-1]]
             same = [speed[0]["images_per_s"]]
@@ -349,12 +472,42 @@ def main(argv: list[str] | None = None) -> int:
         "kNN: k=20 on hgsc_nest nucleus crops (3 classes, model-made labels), left half trains, right half scores.",
         "img/s vs SimCLR: the same trunk's SimCLR run (ViT-Tiny: a SimCLR speed run only).",
     ]
+    png = args.out / "loss_curves.png" if args.no_readme else README.parent / "all_methods_loss.png"
+    curves = loss_grid(shown, png)
+    if curves is not None:
+        notes.append(
+            f"Loss curves (first seed): `{curves.relative_to(REPO) if curves.is_relative_to(REPO) else curves}`."
+        )
     text = table(shown, ref, notes)
     (args.out / "table.md").write_text(text)
     print(text)
     if not args.no_readme:
         update_readme(text)
     return 0
+
+
+def one_run(
+    method: str,
+    arch: str,
+    seed: int,
+    args: argparse.Namespace,
+    store: Path,
+    crops: tuple[Path, Path],
+    budget: float,
+    done: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Pretrain ``method`` for the budget, then its frozen-trunk nuclei and kNN scores."""
+    extra, stage2 = run_inputs(method, seed, args.minutes, store, crops, args.out, done)
+    steps, per_step = steps_for_budget(method, arch, store, args.out, budget, extra)
+    run_dir = args.out / f"{method}_{seed}"
+    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, never a resumed one
+    pre = pretrain(method, arch, store, run_dir, steps, seed, extra)
+    pre.update(stage2)
+    out = args.out / f"nuclei_{method}_{seed}"
+    nuc = nuclei_pq(pre["checkpoint"], arch, args.nuclei_config, args.nuclei_steps, out, seed)
+    knn_acc = knn(pre["checkpoint"], arch, crops, seed)
+    row = _row(method, arch, seed, args.minutes, probe_s_per_step=per_step, **pre, **nuc)
+    return {**row, "knn": knn_acc}
 
 
 def _row(method: str, arch: str, seed: int, minutes: float, **values: Any) -> dict[str, Any]:
