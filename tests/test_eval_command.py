@@ -18,6 +18,7 @@ from pathssl.eval import data as D
 from pathssl.eval.encoder import extract_features, load_encoder
 from pathssl.eval.finetune import ClassifierModule, fine_tune, predict, validation_split
 from pathssl.eval.report import to_json_ready, write_confusion_png
+from pathssl.eval.splits import stratified_split
 
 
 def _write_config(path: Path, cfg: dict) -> Path:
@@ -123,7 +124,7 @@ def test_image_folder_layout_and_fine_tune(data_dir: Path, tmp_path: Path) -> No
     tiles = D.image_folder(_image_folder(data_dir, tmp_path / "folder"))
     assert tiles.class_names == ["full", "none", "partial"]
     assert len(tiles) == 34 and np.bincount(tiles.labels).tolist() == [20, 9, 5]
-    train_idx, test_idx = D.stratified_split(tiles.labels, 0.3, seed=1)
+    train_idx, test_idx = stratified_split(tiles.labels, 0.3, seed=1)
     assert set(train_idx).isdisjoint(test_idx) and len(train_idx) + len(test_idx) == 34
     train = D.TileImages(tiles.subset(train_idx), size=32)
     image, label = train[0]
@@ -273,3 +274,37 @@ def test_interrupted_fine_tune_resumes_exactly(
     assert [s for s, _ in again.history] == [s for s, _ in full.history]
     for k, v in full.classifier.state_dict().items():
         assert torch.equal(v, again.classifier.state_dict()[k]), k
+
+
+def test_split_by_group_holds_patients_apart(data_dir: Path, tmp_path: Path) -> None:
+    """``group_column``: whole groups go to one side (checked group by group), the test side
+    holds about ``test_fraction`` of the tiles, every class is on both sides; a separate
+    ``data.test`` sharing a group with the source is refused."""
+    from pathssl.eval.config import config_from_dict
+    from pathssl.eval.data import labelled_splits
+
+    qc = data_dir / "tiles" / "qc"
+    with open(qc / "labels.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    table = tmp_path / "groups.csv"
+    with open(table, "w", newline="") as fh:  # 12 made-up patients, 2-3 tiles each
+        w = csv.writer(fh)
+        w.writerow(["file", "tissue", "patient"])
+        for i, r in enumerate(rows):
+            w.writerow([str(qc / r["file"]), r["tissue"], f"P{i % 12:02d}"])
+    src = {"format": "csv", "csv": str(table), "path_column": "file", "label_column": "tissue"}
+    data = {"source": {**src, "group_column": "patient"}, "test_fraction": 0.3, "seed": 3}
+    model = {"backbone": "resnet18"}
+    train, test = labelled_splits(config_from_dict({"data": data, "model": model}).data)
+    assert train.groups is not None and test.groups is not None
+    assert set(train.groups).isdisjoint(test.groups)
+    patient = {str(qc / r["file"]): f"P{i % 12:02d}" for i, r in enumerate(rows)}
+    assert all(patient[str(p)] == g for p, g in zip(test.sources, test.groups, strict=True))
+    assert len(train) + len(test) == len(rows) and 0.2 <= len(test) / len(rows) <= 0.45
+    assert set(train.labels.tolist()) == set(test.labels.tolist()) == {0, 1, 2}
+    shared = {
+        "source": {**src, "group_column": "patient"},
+        "test": {**src, "group_column": "patient"},
+    }
+    with pytest.raises(ValueError, match="both data.source and data.test"):
+        labelled_splits(config_from_dict({"data": shared, "model": model}).data)

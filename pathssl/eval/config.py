@@ -71,7 +71,9 @@ class SourceConfig:
     ``path_column`` + ``label_column``, paths relative to ``root`` or to the CSV) or ``store``
     (a tile ``store`` + a ``labels`` CSV of ``index_column`` + ``label_column``). ``mpp``: the
     images' micrometres per pixel for folders and CSVs (stores record their own); tiles are read
-    at the encoder's ``tile_mpp`` when it differs by more than 10 %."""
+    at the encoder's ``tile_mpp`` when it differs by more than 10 %. ``group_column`` (csv,
+    store): the column naming each tile's patient or slide; the train/test split then holds
+    whole groups apart."""
 
     format: str = setting("", choices=("folder", "csv", "store"))
     mpp: float | None = setting(None, gt=0.0)
@@ -82,6 +84,7 @@ class SourceConfig:
     store: str = ""
     labels: str = ""
     index_column: str = "index"
+    group_column: str = ""
 
 
 @dataclass

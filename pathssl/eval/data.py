@@ -50,6 +50,7 @@ class LabelledTiles:
     class_names: list[str]
     store: Path | None = None
     mpp: float | None = None  # micrometres per pixel of the images (None: not known)
+    groups: tuple[str, ...] | None = None  # the patient or slide of each tile (None: not known)
 
     def __len__(self) -> int:
         return len(self.sources)
@@ -57,7 +58,8 @@ class LabelledTiles:
     def subset(self, index: Sequence[int] | NDArray[np.int64]) -> LabelledTiles:
         src = [self.sources[int(i)] for i in index]
         labels = self.labels[np.asarray(index, dtype=np.int64)]
-        return LabelledTiles(src, labels, self.class_names, self.store, self.mpp)
+        groups = None if self.groups is None else tuple(self.groups[int(i)] for i in index)
+        return LabelledTiles(src, labels, self.class_names, self.store, self.mpp, groups)
 
 
 def _encode(
@@ -91,17 +93,35 @@ def image_folder(
     return LabelledTiles(paths, labels, classes, mpp=mpp)
 
 
-def _read_rows(path: Path, key_column: str, label_column: str) -> list[tuple[str, str]]:
+def _read_rows(
+    path: Path, key_column: str, label_column: str, group_column: str = ""
+) -> list[tuple[str, str, str]]:
+    """``(key, label, group)`` of every row with a key and a label (group "" without
+    ``group_column``; a row without a group is an error)."""
     if not path.is_file():
         raise FileNotFoundError(f"label CSV {path} not found")
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
         fields = reader.fieldnames or []
-        for col in (key_column, label_column):
-            if col not in fields:
+        for col in (key_column, label_column, group_column):
+            if col and col not in fields:
                 raise ValueError(f"{path}: no column {col!r} (columns: {fields})")
-        rows = [(r[key_column].strip(), (r[label_column] or "").strip()) for r in reader]
-    return [(k, v) for k, v in rows if k and v]
+        rows = [
+            (
+                r[key_column].strip(),
+                (r[label_column] or "").strip(),
+                (r[group_column] or "").strip() if group_column else "",
+            )
+            for r in reader
+        ]
+    rows = [r for r in rows if r[0] and r[1]]
+    if group_column and (empty := [r[0] for r in rows if not r[2]]):
+        raise ValueError(f"{path}: {len(empty)} rows have no {group_column!r}, e.g. {empty[0]}")
+    return rows
+
+
+def _groups(rows: list[tuple[str, str, str]], group_column: str) -> tuple[str, ...] | None:
+    return tuple(r[2] for r in rows) if group_column else None
 
 
 def csv_images(
@@ -111,11 +131,13 @@ def csv_images(
     root: str | Path | None = None,
     class_names: Sequence[str] | None = None,
     mpp: float | None = None,
+    group_column: str = "",
 ) -> LabelledTiles:
-    """A CSV of ``path,label`` rows (column names configurable); images at ``mpp``."""
+    """A CSV of ``path,label`` rows (column names configurable); images at ``mpp``;
+    ``group_column``: the patient or slide of each image (splits keep groups whole)."""
     csv_path = Path(csv_path)
     base = Path(root) if root is not None else csv_path.parent
-    rows = _read_rows(csv_path, path_column, label_column)
+    rows = _read_rows(csv_path, path_column, label_column, group_column)
     paths = [base / p for p in (r[0] for r in rows)]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
@@ -123,7 +145,7 @@ def csv_images(
             f"{len(missing)} images listed in {csv_path} not found, e.g. {missing[0]}"
         )
     labels, classes = _encode([r[1] for r in rows], class_names)
-    return LabelledTiles(paths, labels, classes, mpp=mpp)
+    return LabelledTiles(paths, labels, classes, mpp=mpp, groups=_groups(rows, group_column))
 
 
 def store_tiles(
@@ -132,21 +154,22 @@ def store_tiles(
     index_column: str = "index",
     label_column: str = "label",
     class_names: Sequence[str] | None = None,
+    group_column: str = "",
 ) -> LabelledTiles:
     """Tiles of a tile store selected and labelled by a CSV of ``index,label`` rows, at the
-    store's tile mpp."""
+    store's tile mpp; ``group_column``: the patient or slide of each tile."""
     from tiling.store import open_store
 
     store = Path(store)
     opened = open_store(store)
     n, mpp = len(opened), float(opened.mpp)
-    rows = _read_rows(Path(labels_csv), index_column, label_column)
+    rows = _read_rows(Path(labels_csv), index_column, label_column, group_column)
     index = [int(r[0]) for r in rows]
     bad = [i for i in index if not 0 <= i < n]
     if bad:
         raise ValueError(f"tile indices {bad[:5]} out of range for {store} ({n} tiles)")
     labels, classes = _encode([r[1] for r in rows], class_names)
-    return LabelledTiles(index, labels, classes, store, mpp)
+    return LabelledTiles(index, labels, classes, store, mpp, _groups(rows, group_column))
 
 
 def check_classes(
@@ -178,28 +201,6 @@ def check_classes(
             "train/test split needs one tile of each class on each side: add tiles or drop "
             "those classes"
         )
-
-
-def stratified_split(
-    labels: NDArray[np.int64],
-    test_fraction: float,
-    seed: int = 0,
-    class_names: Sequence[str] | None = None,
-) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """``(train, test)`` indices with about ``test_fraction`` of each class in test (at least one
-    test and one train item for every class). Fewer than two classes, or a class with fewer
-    than two items, is a ``UsageError`` (:func:`check_classes`)."""
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    check_classes(labels, class_names)
-    rng = np.random.default_rng(seed)
-    train, test = [], []
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        n_test = 0 if idx.size < 2 else min(idx.size - 1, max(1, round(idx.size * test_fraction)))
-        test.extend(idx[:n_test].tolist())
-        train.extend(idx[n_test:].tolist())
-    return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(test, dtype=np.int64))
 
 
 def _resize(img: NDArray[np.uint8], size: int) -> NDArray[np.uint8]:
@@ -307,19 +308,25 @@ def source_tiles(spec: SourceConfig, class_names: list[str] | None) -> LabelledT
             root=spec.root,
             class_names=class_names,
             mpp=spec.mpp,
+            group_column=spec.group_column,
         )
+    if spec.group_column and spec.format == "folder":
+        raise ValueError("group_column needs a csv or store source (a folder has no columns)")
     return store_tiles(
         spec.store,
         spec.labels,
         index_column=spec.index_column,
         label_column=spec.label_column,
         class_names=class_names,
+        group_column=spec.group_column,
     )
 
 
 def labelled_splits(cfg: DataConfig) -> tuple[LabelledTiles, LabelledTiles]:
     """(train, test) labelled tiles of an eval config's ``data`` section: ``data.test`` when
-    given, else a stratified ``test_fraction`` split seeded by ``data.seed``."""
+    given (no group, i.e. patient or slide, on both sides), else a ``test_fraction`` split
+    seeded by ``data.seed``: of whole groups when the source names them (``group_column``),
+    stratified by class otherwise."""
     names = cfg.class_names
     if cfg.source is None:
         raise ValueError("data.source is required")
@@ -333,6 +340,20 @@ def labelled_splits(cfg: DataConfig) -> tuple[LabelledTiles, LabelledTiles]:
             )
         check_classes(train.labels, train.class_names)
         check_classes(test.labels, test.class_names, 1, where="data.test: the test tiles")
+        if train.groups is not None and test.groups is not None:
+            both = sorted(set(train.groups) & set(test.groups))
+            if both:
+                raise ValueError(
+                    f"{len(both)} groups (patients/slides) are in both data.source and "
+                    f"data.test, e.g. {both[0]!r}: hold whole groups apart"
+                )
         return train, test
+    from pathssl.eval.splits import group_split, stratified_split
+
+    if train.groups is not None:
+        tr, te = group_split(
+            train.labels, train.groups, cfg.test_fraction, cfg.seed, train.class_names
+        )
+        return train.subset(tr), train.subset(te)
     tr, te = stratified_split(train.labels, cfg.test_fraction, cfg.seed, train.class_names)
     return train.subset(tr), train.subset(te)
