@@ -60,7 +60,7 @@ def evaluate(
     from pathssl.eval.config import config_from_dict
     from pathssl.eval.encoder import extract_features, load_encoder, tile_dataset
     from pathssl.eval.outputs import check_eval_output
-    from pathssl.eval.protocols import finetune_scores, run_protocols
+    from pathssl.eval.protocols import finetune_scores, hyperrule_protocol_scores, run_protocols
     from pathssl.eval.report import write_confusion_png, write_json
     from pathssl.train.distributed import pick_device
 
@@ -97,25 +97,16 @@ def evaluate(
         train_x, train_y, test_x, test_y, len(classes), protocols, seed=cfg.data.seed
     )
     if protocols.bit_hyperrule is not None:  # a copy of the encoder is trained
-        from pathssl.eval.hyperrule import hyperrule_scores
-
-        hr = protocols.bit_hyperrule
-        results["bit_hyperrule"] = hyperrule_scores(
+        results["bit_hyperrule"] = hyperrule_protocol_scores(
             encoder,
             train_ds,
             train.labels,
             test_ds,
             len(classes),
+            protocols.bit_hyperrule,
             out / "bit_hyperrule",
             image_size=size,
-            batch_size=hr.batch_size,
-            base_lr=hr.base_lr,
-            steps=hr.steps,
-            dataset_size=hr.dataset_size,
-            mixup=hr.mixup,
-            hed_jitter=hr.hed_jitter,
-            val_fraction=hr.val_fraction,
-            eval_batch_size=batch,
+            batch_size=batch,
             precision=cfg.train.precision,
             device=dev,
             seed=seed,

@@ -133,7 +133,12 @@ def tile_task(
     from pathssl.data.sweep import fraction_subset
     from pathssl.eval.data import labelled_splits
     from pathssl.eval.encoder import extract_features, tile_dataset
-    from pathssl.eval.protocols import SUMMARY_KEYS, finetune_scores, run_protocols
+    from pathssl.eval.protocols import (
+        SUMMARY_KEYS,
+        finetune_scores,
+        hyperrule_protocol_scores,
+        run_protocols,
+    )
 
     assert task.data is not None
     size, batch = task.data.image_size, task.data.batch_size
@@ -169,24 +174,16 @@ def tile_task(
             )
         hr = task.protocols.bit_hyperrule
         if hr is not None:  # the rule picks its schedule from the subset's size, as BiT does
-            from pathssl.eval.hyperrule import hyperrule_scores
-
-            results["bit_hyperrule"] = hyperrule_scores(
+            results["bit_hyperrule"] = hyperrule_protocol_scores(
                 encoder,  # trains a copy
                 Subset(train_ds, idx.tolist()),
                 train.labels[idx],
                 test_ds,
                 len(classes),
+                hr,
                 ctx.out_dir / f"bit_hyperrule_{fraction:g}_{seed}",
                 image_size=size,
-                batch_size=hr.batch_size,
-                base_lr=hr.base_lr,
-                steps=hr.steps,
-                dataset_size=hr.dataset_size,
-                mixup=hr.mixup,
-                hed_jitter=hr.hed_jitter,
-                val_fraction=hr.val_fraction,
-                eval_batch_size=batch,
+                batch_size=batch,
                 precision=ctx.precision,
                 device=ctx.device,
                 seed=seed,

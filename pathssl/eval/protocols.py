@@ -24,7 +24,7 @@ from pathssl.eval.probes import ProbeOutput, few_shot_episodes, knn_probe, linea
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
-    from pathssl.eval.config import FinetuneConfig, ProtocolsConfig
+    from pathssl.eval.config import BitHyperRuleConfig, FinetuneConfig, ProtocolsConfig
     from pathssl.eval.encoder import Encoder
 
 SUMMARY_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "ece")
@@ -162,3 +162,47 @@ def finetune_scores(
     )
     output, labels = predict(result.classifier, test, batch_size, device)
     return {**score(output, labels, num_classes), **summary(result)}
+
+
+def hyperrule_protocol_scores(
+    encoder: Encoder,
+    train: Dataset[tuple[Tensor, int]],
+    train_labels: np.ndarray,
+    test: Dataset[tuple[Tensor, int]],
+    num_classes: int,
+    hr: BitHyperRuleConfig,
+    out_dir: str | Path,
+    *,
+    image_size: int,
+    batch_size: int,
+    precision: str,
+    device: str,
+    seed: int,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """``protocols.bit_hyperrule``: BiT-HyperRule fine-tuning of a copy of ``encoder`` as ``hr``
+    says (:func:`pathssl.eval.hyperrule.hyperrule_scores`; the schedule follows the size of
+    ``train``), in ``out_dir``; the test metrics, the run's summary and the rule's settings."""
+    from pathssl.eval.hyperrule import hyperrule_scores
+
+    return hyperrule_scores(
+        encoder,
+        train,
+        train_labels,
+        test,
+        num_classes,
+        out_dir,
+        image_size=image_size,
+        batch_size=hr.batch_size,
+        base_lr=hr.base_lr,
+        steps=hr.steps,
+        dataset_size=hr.dataset_size,
+        mixup=hr.mixup,
+        hed_jitter=hr.hed_jitter,
+        val_fraction=hr.val_fraction,
+        eval_batch_size=batch_size,
+        precision=precision,
+        device=device,
+        seed=seed,
+        progress=progress,
+    )
