@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -228,7 +229,7 @@ def benchmark_image(
     nrow = max(1, -(-len(panels) // ncol))
     width = max(ncol * pw, 640)
     wrap = (width - 16) // 7  # characters per note line at this font size
-    notes = [n[i : i + wrap] for n in report["notes"] for i in range(0, len(n), wrap)]
+    notes = [line for n in report["notes"] for line in textwrap.wrap(n, wrap)]  # at spaces
     top, bottom = 40, 18 * len(notes) + 16
     img = np.full((top + nrow * ph + bottom, width, 3), 255, np.uint8)
     x = 10
