@@ -1,6 +1,5 @@
 """Split-brain autoencoder (Zhang et al. 2017): the half-width ResNet's parameters against a count
-by hand, the default ResNet still torchvision's, the channel split against pathssl.augment's
-colour maths, the split trunk's inputs against skimage's colour conversions, its taps against
+by hand, the default ResNet still torchvision's, the split trunk's inputs against skimage's colour conversions, its taps against
 its halves', the loss against a per-cell reference, one forward per half per step whatever the
 batch, and through the real loop: the trunk loads by name into ``pathssl eval``, ``pathssl
 embed`` and the nuclei model and its features equal the halves' on skimage's parts of the raw
@@ -22,7 +21,7 @@ from torch import nn
 
 from pathssl.models import build_backbone
 from pathssl.models.backbones import ResNetBackbone
-from pathssl.models.split import SplitConvBackbone, split_channels
+from pathssl.models.split import SplitConvBackbone
 from pathssl.ssl import METHODS
 from pathssl.ssl.colour_bins import ab_gamut_bins
 from pathssl.ssl.split_brain import SplitBrain
@@ -120,23 +119,6 @@ def standardised(parts: tuple[np.ndarray, np.ndarray], space: str) -> list[torch
     else:
         a, b = (parts[0] - 0.5) / 0.5, (parts[1] - 0.5) / 0.5
     return [torch.from_numpy(a).float(), torch.from_numpy(b).float()]
-
-
-@pytest.mark.parametrize("space", ["lab", "hed"])
-def test_channel_split_is_pathssl_augments(space: str, data_dir: Path) -> None:
-    """The split trunks' colour maths (restated in pathssl.models, which may not import
-    pathssl.augment) gives pathssl.augment's values, on real H&E and on random colours."""
-    from pathssl.augment.torch_color import rgb_to_space
-
-    _, views = real_views(data_dir)
-    real = views * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)
-    for rgb in (
-        real.clamp(0, 1),
-        torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)),
-    ):
-        ref = rgb_to_space(rgb, space)
-        a, b = split_channels(rgb, space)
-        torch.testing.assert_close(torch.cat([a, b], 1), ref[:, : a.shape[1] + b.shape[1]])
 
 
 @pytest.mark.parametrize("space", ["lab", "hed"])

@@ -24,12 +24,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-#: Ruifrok & Johnston (2001) stain OD vectors, rows haematoxylin, eosin, DAB.
-RGB_FROM_HED = np.array(
-    [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]],
-    dtype=np.float64,
-)
-HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
+from pathssl.data.colour import HED_FROM_RGB, RGB_FROM_HED
 
 #: ``ln(max(I, 1) / 255)`` for I = 0..255, i.e. ``-OD``.
 LOG_LUT = np.log(np.maximum(np.arange(256, dtype=np.float64), 1.0) / 255.0).astype(np.float32)

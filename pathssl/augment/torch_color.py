@@ -1,27 +1,24 @@
 """Batched colour kernels in torch (CPU or GPU) with the semantics of :mod:`.stain`.
 
+The colour-space conversions themselves live in :mod:`pathssl.data.colour`.
 Images are (B, 3, H, W) tensors, either uint8 in [0, 255] or floating in [0, 1]; every op
 returns the input's dtype. Per-sample parameters have a leading batch dimension B.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
-from .stain import HED_FROM_RGB, RGB_FROM_HED
-
-_LN255 = math.log(255.0)
-
-
-def _log_intensity(x: torch.Tensor) -> torch.Tensor:
-    """``ln(max(I, 1) / 255)`` (= -OD) as float32, I on the 0-255 scale."""
-    if x.dtype == torch.uint8:
-        lut = torch.log(torch.arange(256, device=x.device, dtype=torch.float32).clamp_min(1.0))
-        return (lut - _LN255)[x.long()]
-    return torch.log((x.float() * 255.0).clamp_min(1.0)) - _LN255
+from pathssl.data.colour import (
+    HED_FROM_RGB,
+    RGB_FROM_HED,
+    hed_to_rgb,
+    lab_to_rgb,
+    log_intensity,
+    rgb_to_hed,
+    rgb_to_lab,
+)
 
 
 def _from_unit(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -51,7 +48,7 @@ def od_affine(x: torch.Tensor, A: torch.Tensor | np.ndarray, b: torch.Tensor | n
     n = x.shape[0]
     A_ = _batched(A, n, x.device, (3, 3))
     b_ = _batched(b, n, x.device, (3,))
-    y = torch.einsum("bchw,bcd->bdhw", _log_intensity(x), A_) - b_[:, :, None, None]
+    y = torch.einsum("bchw,bcd->bdhw", log_intensity(x), A_) - b_[:, :, None, None]
     return _from_unit(torch.exp(y), x)
 
 
@@ -74,37 +71,9 @@ def hed_jitter(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torc
 # Colour spaces, matching OpenCV's float conversions used by the NumPy backend
 # ---------------------------------------------------------------------------------------------
 
-_RGB2XYZ = torch.tensor(
-    [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]]
-)
-_WHITE = torch.tensor([0.950456, 1.0, 1.088754])
-
 
 def _to_unit(x: torch.Tensor) -> torch.Tensor:
     return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-
-
-def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) float RGB in [0, 1] -> CIE L*a*b* (D65, sRGB gamma), L in [0, 100]."""
-    lin = torch.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
-    m = (_RGB2XYZ / _WHITE[:, None]).to(rgb.device)
-    xyz = torch.einsum("dc,bchw->bdhw", m, lin)
-    f = torch.where(xyz > 0.008856, xyz.clamp_min(1e-12) ** (1.0 / 3.0), 7.787 * xyz + 16.0 / 116)
-    y = xyz[:, 1]
-    L = torch.where(y > 0.008856, 116.0 * f[:, 1] - 16.0, 903.3 * y)
-    return torch.stack([L, 500.0 * (f[:, 0] - f[:, 1]), 200.0 * (f[:, 1] - f[:, 2])], dim=1)
-
-
-def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`rgb_to_lab`; returns float RGB clipped to [0, 1]."""
-    L, a, b = lab[:, 0], lab[:, 1], lab[:, 2]
-    fy = (L + 16.0) / 116.0
-    f = torch.stack([fy + a / 500.0, fy, fy - b / 200.0], dim=1)
-    xyz = torch.where(f > 0.206893, f**3, (f - 16.0 / 116) / 7.787)
-    xyz[:, 1] = torch.where(L > 903.3 * 0.008856, xyz[:, 1], L / 903.3)
-    m = torch.linalg.inv(_RGB2XYZ).to(lab.device) * _WHITE.to(lab.device)[None, :]
-    lin = torch.einsum("dc,bchw->bdhw", m, xyz).clamp(0.0, 1.0)
-    return torch.where(lin <= 0.0031308, 12.92 * lin, 1.055 * lin ** (1 / 2.4) - 0.055).clamp(0, 1)
 
 
 def rgb_to_hsv(rgb: torch.Tensor) -> torch.Tensor:
@@ -136,8 +105,7 @@ def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
 def rgb_to_space(x: torch.Tensor, space: str) -> torch.Tensor:
     """(B, 3, H, W) uint8 or [0, 1] float RGB -> float32 values in ``lab``, ``hsv`` or ``hed``."""
     if space == "hed":
-        m = torch.as_tensor(HED_FROM_RGB, dtype=torch.float32, device=x.device)
-        return -torch.einsum("bchw,cd->bdhw", _log_intensity(x), m)
+        return rgb_to_hed(x)
     if space == "lab":
         return rgb_to_lab(_to_unit(x))
     if space == "hsv":
@@ -148,8 +116,7 @@ def rgb_to_space(x: torch.Tensor, space: str) -> torch.Tensor:
 def space_to_rgb(y: torch.Tensor, space: str, like: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`rgb_to_space`, returned in the dtype of ``like``."""
     if space == "hed":
-        m = torch.as_tensor(RGB_FROM_HED, dtype=torch.float32, device=y.device)
-        return _from_unit(torch.exp(-torch.einsum("bchw,cd->bdhw", y, m)), like)
+        return _from_unit(hed_to_rgb(y), like)
     if space == "lab":
         return _from_unit(lab_to_rgb(y), like)
     if space == "hsv":

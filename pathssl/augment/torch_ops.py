@@ -11,10 +11,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pathssl.data.colour import log_intensity
+
 from .macenko import MacenkoStains, augment_affine, fit_macenko
 from .randstainna import StainStats
 from .reinhard import ReinhardTarget, fit_reinhard
-from .torch_color import _log_intensity, hed_jitter_affine, od_affine, restandardise
+from .torch_color import hed_jitter_affine, od_affine, restandardise
 from .torch_geometry import crop_boxes, dihedral, fov_boxes, sample_rrc_boxes
 
 Params = dict[str, torch.Tensor]
@@ -106,7 +108,7 @@ def fit_macenko_batch(
         stain matrices (B, 2, 3), max concentrations (B, 2) and ``valid`` (B,) bool (enough
         tissue pixels); invalid samples hold finite placeholders.
     """
-    od = -_log_intensity(x).flatten(2).transpose(1, 2)  # (B, N, 3)
+    od = -log_intensity(x).flatten(2).transpose(1, 2)  # (B, N, 3)
     tissue = (od > beta).all(-1)
     cnt = tissue.sum(1)
     w = tissue.float()[..., None]

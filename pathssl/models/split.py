@@ -27,12 +27,11 @@ half their parameters (each half has about a quarter of the convolution weights)
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from pathssl.data.colour import rgb_to_hed, rgb_to_lab
 from pathssl.models.backbones import BACKBONES, ConvBackbone, ResNetBackbone
 
 #: input channels of each half per colour space
@@ -43,52 +42,15 @@ PART_CENTRE: dict[str, tuple[float, float]] = {"lab": (50.0, 0.0), "hed": (0.5, 
 PART_SCALE: dict[str, tuple[float, float]] = {"lab": (50.0, 50.0), "hed": (0.5, 0.5)}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# The colour maths of pathssl.augment.torch_color (rgb_to_lab, rgb_to_space "hed") restated:
-# pathssl.models may not import pathssl.augment (tests/test_architecture.py); the split-brain
-# tests check that both give the same values.
-#: sRGB linear -> CIE XYZ (D65), each row divided by the white point's X, Y, Z
-_XYZ_FROM_RGB = (
-    torch.tensor(
-        [
-            [0.412453, 0.357580, 0.180423],
-            [0.212671, 0.715160, 0.072169],
-            [0.019334, 0.119193, 0.950227],
-        ]
-    )
-    / torch.tensor([0.950456, 1.0, 1.088754])[:, None]
-)
-#: Ruifrok & Johnston (2001) stain OD vectors (rows H, E, DAB); concentrations = OD @ inverse
-_HED_FROM_RGB = torch.linalg.inv(
-    torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float64)
-).float()
-
-
-def _lab(rgb: Tensor) -> Tensor:
-    """``(B, 3, H, W)`` RGB in [0, 1] -> CIE L*a*b* (D65, sRGB gamma), L in 0..100."""
-    lin = torch.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
-    xyz = torch.einsum("dc,bchw->bdhw", _XYZ_FROM_RGB.to(rgb.device), lin)
-    f = torch.where(xyz > 0.008856, xyz.clamp_min(1e-12) ** (1.0 / 3.0), 7.787 * xyz + 16.0 / 116)
-    y = xyz[:, 1]
-    lightness = torch.where(y > 0.008856, 116.0 * f[:, 1] - 16.0, 903.3 * y)
-    ab = torch.stack([500.0 * (f[:, 0] - f[:, 1]), 200.0 * (f[:, 1] - f[:, 2])], dim=1)
-    return torch.cat([lightness[:, None], ab], 1)
-
-
-def _hed(rgb: Tensor) -> Tensor:
-    """``(B, 3, H, W)`` RGB in [0, 1] -> H, E, DAB concentrations, OD ``-ln(max(255 I, 1)/255)``
-    in natural-log units."""
-    od = math.log(255.0) - torch.log((rgb * 255.0).clamp_min(1.0))
-    return torch.einsum("bchw,cd->bdhw", od, _HED_FROM_RGB.to(rgb.device))
 
 
 def split_channels(rgb: Tensor, space: str) -> tuple[Tensor, Tensor]:
     """RGB ``(B, 3, H, W)`` in [0, 1] -> the two parts ``(B, d0, H, W)``, ``(B, d1, H, W)``
     float32: ``lab``: L (0..100) and ab; ``hed``: the haematoxylin and eosin concentrations
-    (natural-log OD units; DAB dropped). The same values as
-    :func:`pathssl.augment.torch_color.rgb_to_space` in that space."""
+    (natural-log OD units; DAB dropped), from :mod:`pathssl.data.colour`."""
     if space not in PART_CHANNELS:
         raise ValueError(f"colour space must be one of {tuple(PART_CHANNELS)}, got {space!r}")
-    y = _lab(rgb.float()) if space == "lab" else _hed(rgb.float())
+    y = rgb_to_lab(rgb.float()) if space == "lab" else rgb_to_hed(rgb.float())
     d0, d1 = PART_CHANNELS[space]
     return y[:, :d0], y[:, d0 : d0 + d1]
 

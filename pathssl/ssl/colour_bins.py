@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pathssl.augment.stain import RGB_FROM_HED
-from pathssl.augment.torch_color import lab_to_rgb, rgb_to_lab
+from pathssl.data.colour import lab_to_rgb, rgb_to_lab
 from pathssl.models.backbones import Backbone, ViTBackbone
 from pathssl.models.split import PART_CHANNELS
 
