@@ -22,6 +22,13 @@ the methods that take a CNN, ViT-Tiny/16 for the masked methods; 64 x 64 views, 
 
 Results go to ``--out`` (one JSON line per finished run: an interrupted run resumes where it
 stopped) and the table between the ``all-methods`` markers of ``benchmarks/README.md``.
+
+``--variant before_fix`` reruns the methods that issue 11 fixed with each fix switched off
+through its option (:data:`VARIANTS`), for the same steps and seeds as their rows of the table,
+and writes the before/after comparison (scores and overlaid loss curves) between the ``fixes``
+markers of ``benchmarks/README.md``::
+
+    python benchmarks/all_methods.py --variant before_fix --seeds 0 1
 """
 
 from __future__ import annotations
@@ -84,6 +91,26 @@ STEP_KNOBS: dict[str, dict[str, float]] = {
     "dino": {"warmup_teacher_temp_steps": 0.3, "freeze_last_layer_steps": 0.05},
 }
 MULTI_CROP = {"dino", "swav"}
+# Issue 11's fixes switched off through their options (the behaviour before each fix, where this
+# protocol can show it): (what the fix changed, overrides that undo it). The protocol gives every
+# method the same optimiser, so the fixes of Barlow Twins' parameter groups and DINO's weight
+# decay do not show here; MoCo v3's frozen patch projection is ViT-only and SyncBN needs several
+# processes, so MoCo v3 on a ResNet-18 is the same before and after.
+VARIANTS: dict[str, dict[str, tuple[str, list[str]]]] = {
+    "before_fix": {
+        "moco_v2": ("Shuffle-BN added", ["method.params.shuffle_bn=false"]),
+        "swav": ("feature queue added", ["method.params.queue_length=0"]),
+        "dino": (
+            "teacher temperature warm-up 0.04 -> 0.07 (was 0.04 throughout)",
+            ["method.params.teacher_temp=0.04", "method.params.warmup_teacher_temp=0.04"],
+        ),
+        "maskfeat": (
+            "HOG normalised per cell (was per patch), block-wise masks (were uniform)",
+            ["method.params.hog_norm=patch", "augment.params.mask_mode=random"],
+        ),
+    }
+}
+FIXES_START, FIXES_END = "<!-- fixes:start -->", "<!-- fixes:end -->"
 # the one real slide, densely: 128 px tiles (64 um) every 32 px, ~1,800 with tissue
 TILES: dict[str, Any] = {"mpp": 0.5, "size": 128, "overlap": 96}
 
@@ -130,6 +157,8 @@ def pretrain_overrides(
     ]
     if method in MULTI_CROP:
         ov += ["augment.params.local_size=32", "augment.params.n_local=4"]
+    if method == "s4l_exemplar":  # its 8 views are copies of one distribution: all at VIEW px
+        ov += [f"augment.params.local_size={VIEW}"]
     ov += [f"method.params.{k}={v}" for k, v in CPU_PARAMS.get(method, {}).items()]
     for key, frac in STEP_KNOBS.get(method, {}).items():
         ov.append(f"method.params.{key}={max(1, int(steps * frac))}")
@@ -348,9 +377,21 @@ def table(rows: list[dict[str, Any]], ref: dict[str, float], notes: list[str]) -
     return "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"
 
 
-def loss_grid(rows: list[dict[str, Any]], out_png: Path, columns: int = 4) -> Path | None:
-    """One small loss curve per method (its first seed's run), tiled into one PNG: losses of
-    different methods are on different scales, so each panel has its own axis."""
+def first_runs(rows: list[dict[str, Any]]) -> dict[str, Path]:
+    """Each method's metrics file of its first seed's run."""
+    runs: dict[str, Path] = {}
+    for r in sorted(rows, key=lambda r: (r["method"], r["seed"])):
+        if r.get("checkpoint") and r["method"] not in runs:
+            runs[r["method"]] = Path(r["checkpoint"]).parent / "metrics.jsonl"
+    return runs
+
+
+def loss_grid(
+    panels: dict[str, list[tuple[str, Path]]], out_png: Path, columns: int = 4
+) -> Path | None:
+    """One small loss plot per panel title, tiled into one PNG: each panel draws the losses of
+    its ``(label, metrics.jsonl)`` runs on one axis (losses of different methods are on
+    different scales, so each panel has its own)."""
     import tempfile
 
     import cv2
@@ -359,23 +400,26 @@ def loss_grid(rows: list[dict[str, Any]], out_png: Path, columns: int = 4) -> Pa
     from pathssl.demo.plots import draw_curve, read_losses
     from tiling.atomic import atomic_write
 
-    runs = {}
-    for r in sorted(rows, key=lambda r: (r["method"], r["seed"])):
-        if r.get("checkpoint") and r["method"] not in runs:
-            runs[r["method"]] = Path(r["checkpoint"]).parent / "metrics.jsonl"
-    if not runs:
+    if not panels:
         return None
-    panels = []
+    images = []
     with tempfile.TemporaryDirectory() as tmp:
-        for method, metrics in runs.items():
-            steps, values = read_losses(metrics)
+        for i, (title, runs) in enumerate(panels.items()):
+            curves = [(label, *read_losses(metrics)) for label, metrics in runs]
+            (label, steps, values), more = curves[0], curves[1:]
             png = draw_curve(
-                steps, values, Path(tmp) / f"{method}.png", title=method, size=(240, 360)
+                steps,
+                values,
+                Path(tmp) / f"{i}.png",
+                title=title,
+                size=(240, 360),
+                label=label,
+                more=more,
             )
-            panels.append(cv2.imread(str(png), cv2.IMREAD_COLOR))
-    blank = np.full_like(panels[0], 255)
-    panels += [blank] * (-len(panels) % columns)
-    grid = np.vstack([np.hstack(panels[i : i + columns]) for i in range(0, len(panels), columns)])
+            images.append(cv2.imread(str(png), cv2.IMREAD_COLOR))
+    blank = np.full_like(images[0], 255)
+    images += [blank] * (-len(images) % columns)
+    grid = np.vstack([np.hstack(images[i : i + columns]) for i in range(0, len(images), columns)])
     ok, data = cv2.imencode(".png", grid)
     if not ok:
         raise RuntimeError(f"could not encode {out_png}")
@@ -383,17 +427,85 @@ def loss_grid(rows: list[dict[str, Any]], out_png: Path, columns: int = 4) -> Pa
     return out_png
 
 
-def update_readme(text: str) -> None:
+def update_readme(
+    text: str, start: str = START, end: str = END, heading: str = "All methods after 3 CPU minutes"
+) -> None:
+    """Replace the block between the ``start`` and ``end`` markers of the benchmarks README
+    (appended under ``heading`` when the markers are missing)."""
     from tiling.atomic import atomic_write
 
     readme = README.read_text()
-    block = f"{START}\n{text}{END}"
-    if START in readme and END in readme:
-        head, rest = readme.split(START, 1)
-        readme = head + block + rest.split(END, 1)[1]
+    block = f"{start}\n{text}{end}"
+    if start in readme and end in readme:
+        head, rest = readme.split(start, 1)
+        readme = head + block + rest.split(end, 1)[1]
     else:
-        readme = readme.rstrip() + "\n\n## All methods after 3 CPU minutes\n\n" + block + "\n"
+        readme = readme.rstrip() + f"\n\n## {heading}\n\n" + block + "\n"
     atomic_write(README, readme)
+
+
+def fixes_table(rows: list[dict[str, Any]], variant: str, notes: list[str]) -> str:
+    """Markdown: per method of ``variant``, the scores of its rows (before the fix) next to the
+    fixed rows of the same seeds, mean ± sd over those seeds."""
+    lines = [
+        "| method | what the fix changed | seeds | steps | nuclei PQ before | after "
+        "| kNN before | after | last loss before | after |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for method, (change, _) in VARIANTS[variant].items():
+        before = [r for r in rows if r["method"] == method and r.get("variant") == variant]
+        seeds = {r["seed"] for r in before}
+        after = [
+            r for r in rows if r["method"] == method and not r.get("variant") and r["seed"] in seeds
+        ]
+        if not before or not after:
+            continue
+
+        def col(rs: list[dict[str, Any]], key: str) -> str:
+            return mean_sd([float(r[key]) for r in rs if r.get(key) is not None])
+
+        lines.append(
+            f"| {method} | {change} | {len(before)} | {before[0]['steps']} | {col(before, 'pq')} "
+            f"| {col(after, 'pq')} | {col(before, 'knn')} | {col(after, 'knn')} "
+            f"| {col(before, 'loss_last')} | {col(after, 'loss_last')} |"
+        )
+    return "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"
+
+
+def fixes_report(rows: list[dict[str, Any]], variant: str, no_readme: bool, out: Path) -> str:
+    """The before/after table and loss curves (first common seed) of ``variant``."""
+    panels: dict[str, list[tuple[str, Path]]] = {}
+    for method in VARIANTS[variant]:
+        before = first_runs([r for r in rows if r["method"] == method and r.get("variant")])
+        if method not in before:
+            continue
+        seed = min(r["seed"] for r in rows if r["method"] == method and r.get("variant"))
+        after = first_runs(
+            [
+                r
+                for r in rows
+                if r["method"] == method and not r.get("variant") and r["seed"] == seed
+            ]
+        )
+        if method in after:
+            panels[method] = [("fixed", after[method]), ("before", before[method])]
+    png = out / "fixes_loss.png" if no_readme else README.parent / "fixes_loss.png"
+    curves = loss_grid(panels, png)
+    notes = [
+        "before: the fix switched off through its option (`VARIANTS` in "
+        "`benchmarks/all_methods.py`), same steps, seeds and protocol as the table above.",
+        "Not shown by this protocol (same AdamW for every method, one process): Barlow Twins' "
+        "parameter groups, DINO's weight decay schedule, MoCo v3's frozen patch projection "
+        "(ViT only) and SyncBN; MoCo v2's queue after a skipped step (no step is skipped here).",
+    ]
+    if curves is not None:
+        shown = curves.relative_to(REPO) if curves.is_relative_to(REPO) else curves
+        notes.append(f"Loss curves, fixed (blue) and before (orange), first seed: `{shown}`.")
+    text = fixes_table(rows, variant, notes)
+    (out / f"{variant}.md").write_text(text)
+    if not no_readme:
+        update_readme(text, FIXES_START, FIXES_END, "Issue 11's fixes, before and after")
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -402,19 +514,31 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, default=3.0, help="pretraining budget per run")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--methods", nargs="+", default=METHODS.names())
+    p.add_argument("--methods", nargs="+", help="default: every registered method")
     p.add_argument("--nuclei-config", type=Path, default=REPO / "configs/nuclei/manual_cpu.yaml")
     p.add_argument("--nuclei-steps", type=int, default=150, help="frozen-head training steps")
     p.add_argument("--out", type=Path, default=REPO / "bench_out" / "all_methods")
     p.add_argument("--no-readme", action="store_true", help="do not update benchmarks/README.md")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the table and figures from the finished runs; run nothing",
+    )
+    p.add_argument(
+        "--variant",
+        choices=sorted(VARIANTS),
+        help="rerun the fixed methods with their fixes switched off (the before/after table)",
+    )
     args = p.parse_args(argv)
-    unknown = sorted(set(args.methods) - set(METHODS.names()))
+    allowed = list(VARIANTS[args.variant]) if args.variant else METHODS.names()
+    args.methods = args.methods or allowed
+    unknown = sorted(set(args.methods) - set(allowed))
     if unknown:
-        p.error(f"unknown methods {unknown}; registered: {METHODS.names()}")
+        p.error(f"unknown methods {unknown}; allowed here: {allowed}")
     args.out.mkdir(parents=True, exist_ok=True)
     results = args.out / "results.jsonl"
     done = [json.loads(x) for x in results.read_text().splitlines()] if results.exists() else []
-    have = {(r["method"], r["backbone"], r["seed"], r["minutes"]) for r in done}
+    have = {(r["method"], r["backbone"], r["seed"], r["minutes"], r.get("variant")) for r in done}
 
     def record(row: dict[str, Any]) -> None:
         done.append(row)
@@ -425,12 +549,12 @@ def main(argv: list[str] | None = None) -> int:
     store, crops = tile_store(args.out), knn_crops(args.out)
     budget = args.minutes * 60
     methods = list(args.methods)
-    if "simclr" not in methods:
+    if "simclr" not in methods and not args.variant:
         methods.insert(0, "simclr")  # the throughput reference
     archs = sorted({backbone(m) for m in methods})
-    for seed in args.seeds:
-        for arch in archs:
-            if ("random_init", arch, seed, args.minutes) in have:
+    for seed in [] if args.report_only else args.seeds:
+        for arch in [] if args.variant else archs:
+            if ("random_init", arch, seed, args.minutes, None) in have:
                 continue
             out = args.out / f"nuclei_random_{arch}_{seed}"
             nuc = nuclei_pq(None, arch, args.nuclei_config, args.nuclei_steps, out, seed)
@@ -438,10 +562,10 @@ def main(argv: list[str] | None = None) -> int:
             record(_row("random_init", arch, seed, args.minutes, knn=knn_acc, **nuc))
         for method in methods:
             arch = backbone(method)
-            if (method, arch, seed, args.minutes) in have:
+            if (method, arch, seed, args.minutes, args.variant) in have:
                 continue
             try:
-                row = one_run(method, arch, seed, args, store, crops, budget, done)
+                row = one_run(method, arch, seed, args, store, crops, budget, done, args.variant)
             except Exception:  # noqa: BLE001  (one method's failure never stops the table)
                 import traceback
 
@@ -450,6 +574,10 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             record(row)
     rows = [r for r in done if r["minutes"] == args.minutes and r["seed"] in args.seeds]
+    if args.variant:
+        print(fixes_report(rows, args.variant, args.no_readme, args.out))
+        return 0
+    rows = [r for r in rows if not r.get("variant")]
     ref = {}
     for arch in archs:
         same = [
@@ -471,9 +599,14 @@ def main(argv: list[str] | None = None) -> int:
         f"frozen trunk, {args.nuclei_steps} head steps; PQ/F1 on its held-apart images.",
         "kNN: k=20 on hgsc_nest nucleus crops (3 classes, model-made labels), left half trains, right half scores.",
         "img/s vs SimCLR: the same trunk's SimCLR run (ViT-Tiny: a SimCLR speed run only).",
+        f"{', '.join(sorted(LABELLED))} trained on the labels of {LABEL_FRACTION:.0%} of the kNN "
+        "probe's training crops: their kNN column is supervised transfer to the same labels, "
+        "not comparable with the self-supervised rows; their nuclei PQ is.",
+        "orl: stage 1 is the same seed's byol row; stage 2 (proposals once per store, RoI "
+        "pairs) runs outside the 3 minutes of stage 3.",
     ]
     png = args.out / "loss_curves.png" if args.no_readme else README.parent / "all_methods_loss.png"
-    curves = loss_grid(shown, png)
+    curves = loss_grid({m: [("", p)] for m, p in first_runs(shown).items()}, png)
     if curves is not None:
         notes.append(
             f"Loss curves (first seed): `{curves.relative_to(REPO) if curves.is_relative_to(REPO) else curves}`."
@@ -495,19 +628,33 @@ def one_run(
     crops: tuple[Path, Path],
     budget: float,
     done: list[dict[str, Any]],
+    variant: str | None = None,
 ) -> dict[str, Any]:
-    """Pretrain ``method`` for the budget, then its frozen-trunk nuclei and kNN scores."""
+    """Pretrain ``method`` for the budget, then its frozen-trunk nuclei and kNN scores. With a
+    ``variant``: its overrides, for the steps of the same seed's row of the table."""
     extra, stage2 = run_inputs(method, seed, args.minutes, store, crops, args.out, done)
-    steps, per_step = steps_for_budget(method, arch, store, args.out, budget, extra)
-    run_dir = args.out / f"{method}_{seed}"
+    fixed = [
+        r
+        for r in done
+        if (r["method"], r["backbone"], r["seed"], r["minutes"])
+        == (method, arch, seed, args.minutes)
+        and not r.get("variant")
+    ]
+    if variant and fixed:
+        steps, per_step = int(fixed[0]["steps"]), float(fixed[0]["probe_s_per_step"])
+    else:
+        steps, per_step = steps_for_budget(method, arch, store, args.out, budget, extra)
+    if variant:
+        extra = [*extra, *VARIANTS[variant][method][1]]
+    run_dir = args.out / (f"{method}_{variant}_{seed}" if variant else f"{method}_{seed}")
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, never a resumed one
     pre = pretrain(method, arch, store, run_dir, steps, seed, extra)
     pre.update(stage2)
-    out = args.out / f"nuclei_{method}_{seed}"
+    out = args.out / f"nuclei_{run_dir.name}"
     nuc = nuclei_pq(pre["checkpoint"], arch, args.nuclei_config, args.nuclei_steps, out, seed)
     knn_acc = knn(pre["checkpoint"], arch, crops, seed)
     row = _row(method, arch, seed, args.minutes, probe_s_per_step=per_step, **pre, **nuc)
-    return {**row, "knn": knn_acc}
+    return {**row, "knn": knn_acc, **({"variant": variant} if variant else {})}
 
 
 def _row(method: str, arch: str, seed: int, minutes: float, **values: Any) -> dict[str, Any]:

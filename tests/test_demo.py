@@ -327,6 +327,32 @@ def test_loss_curve_png(demo: Path) -> None:
     assert ys[xs < np.percentile(xs, 10)].mean() < ys[xs > np.percentile(xs, 90)].mean()
 
 
+def test_loss_curves_overlaid(tmp_path: Path) -> None:
+    """A second series (``more=``) is drawn in its own colour on the same axes: the falling
+    first series and the rising second one each keep their direction, and the legend names
+    both (the before/after plot of benchmarks/all_methods.py)."""
+    steps = list(range(0, 100, 5))
+    falling = [10.0 - 0.08 * s for s in steps]
+    rising = [2.0 + 0.05 * s for s in steps]
+    png = plots.draw_curve(
+        steps, falling, tmp_path / "two.png", label="fixed", more=[("before", steps, rising)]
+    )
+    rgb = cv2.imread(str(png), cv2.IMREAD_COLOR)[:, :, ::-1].reshape(-1, 3).astype(int)
+    width = plots.CURVE_SIZE[1]
+    for colour, falls in ((plots.CURVE_RGB, True), (plots.MORE_RGB[0], False)):
+        on = np.all(np.abs(rgb - np.array(colour)) < 10, axis=1)
+        ys, xs = np.divmod(np.flatnonzero(on), width)
+        plot = ys > 80  # below the legend
+        ys, xs = ys[plot], xs[plot]
+        assert len(xs) > 200, colour
+        left = ys[xs < np.percentile(xs, 10)].mean()
+        right = ys[xs > np.percentile(xs, 90)].mean()
+        assert (left < right) == falls, colour  # image rows grow downwards
+    one = plots.draw_curve(steps, falling, tmp_path / "one.png")
+    grey = cv2.imread(str(one), cv2.IMREAD_COLOR)[:, :, ::-1].reshape(-1, 3).astype(int)
+    assert not np.all(np.abs(grey - np.array(plots.MORE_RGB[0])) < 10, axis=1).any()
+
+
 def test_read_losses_skips_other_kinds(demo: Path) -> None:
     steps, losses = plots.read_losses(demo / layout.PRETRAIN_RUN / "metrics.jsonl")
     assert len(steps) == 20 and 35 not in steps

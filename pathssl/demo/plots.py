@@ -14,6 +14,8 @@ from tiling.atomic import atomic_write
 
 CURVE_SIZE = (360, 640)  # (height, width) of the loss-curve PNGs
 CURVE_RGB = (30, 90, 180)  # colour of the plotted line
+#: colours of further series (``more=`` of :func:`draw_curve`)
+MORE_RGB = ((210, 90, 30), (40, 150, 60), (150, 50, 160))
 
 
 def read_losses(path: Path, key: str = "loss") -> tuple[list[float], list[float]]:
@@ -55,15 +57,22 @@ def draw_curve(
     xlabel: str = "step",
     ylabel: str = "loss",
     size: tuple[int, int] = CURVE_SIZE,
+    label: str = "",
+    more: Sequence[tuple[str, Sequence[float], Sequence[float]]] = (),
 ) -> Path:
     """Line plot of ``values`` against ``steps``: axes, ticks, axis labels and a title on a
-    white ``size`` = (height, width) RGB canvas, written atomically as a PNG."""
+    white ``size`` = (height, width) RGB canvas, written atomically as a PNG.
+
+    ``more``: further ``(label, steps, values)`` series on the same axes, in the colours of
+    :data:`MORE_RGB`, with a legend naming ``label`` (the first series) and theirs."""
     h, w = size
     img = np.full((h, w, 3), 255, np.uint8)
     font, fs, ink, grid = cv2.FONT_HERSHEY_SIMPLEX, 0.42, (40, 40, 40), (225, 225, 225)
     x0, x1, y0, y1 = 70, w - 20, 34, h - 52  # plot box in pixels
-    xs = np.asarray(steps, np.float64)
-    ys = np.asarray(values, np.float64)
+    series = [(label, np.asarray(steps, np.float64), np.asarray(values, np.float64))]
+    series += [(n, np.asarray(a, np.float64), np.asarray(b, np.float64)) for n, a, b in more]
+    xs = np.concatenate([s[1] for s in series])
+    ys = np.concatenate([s[2] for s in series])
     if len(xs):
         xlo, xhi = float(xs.min()), float(xs.max())
         ylo, yhi = float(ys.min()), float(ys.max())
@@ -95,12 +104,20 @@ def draw_curve(
         label = f"{t:g}"
         text(label, (x - cv2.getTextSize(label, font, fs, 1)[0][0] // 2, y1 + 18))
     cv2.rectangle(img, (x0, y0), (x1, y1), ink, 1)
-    if len(xs):
-        pts = np.array([px(float(a), float(b)) for a, b in zip(xs, ys, strict=True)], np.int32)
-        cv2.polylines(img, [pts.reshape(-1, 1, 2)], False, CURVE_RGB, 2, cv2.LINE_AA)
-        if len(pts) == 1:  # a single record: a dot, not an invisible line
-            cv2.circle(img, (int(pts[0, 0]), int(pts[0, 1])), 4, CURVE_RGB, -1, cv2.LINE_AA)
-    else:
+    colours = (CURVE_RGB, *MORE_RGB)
+    for i, (name, sx, sy) in reversed(list(enumerate(series))):  # the first series on top
+        colour = colours[i % len(colours)]
+        if len(sx):
+            pts = np.array([px(float(a), float(b)) for a, b in zip(sx, sy, strict=True)], np.int32)
+            cv2.polylines(img, [pts.reshape(-1, 1, 2)], False, colour, 2, cv2.LINE_AA)
+            if len(pts) == 1:  # a single record: a dot, not an invisible line
+                cv2.circle(img, (int(pts[0, 0]), int(pts[0, 1])), 4, colour, -1, cv2.LINE_AA)
+        if len(series) > 1 and name:  # legend, top right inside the box
+            tw = max(cv2.getTextSize(n, font, fs, 1)[0][0] for n, _, _ in series)
+            lx, ly = x1 - tw - 36, y0 + 16 + 16 * i
+            cv2.line(img, (lx, ly - 4), (lx + 20, ly - 4), colour, 2, cv2.LINE_AA)
+            text(name, (lx + 26, ly))
+    if not len(xs):
         text("no data", (x0 + 10, (y0 + y1) // 2), 0.6)
     text(xlabel, ((x0 + x1 - cv2.getTextSize(xlabel, font, 0.5, 1)[0][0]) // 2, h - 12), 0.5)
     text(title, (x0, 22), 0.55)
