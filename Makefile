@@ -36,7 +36,8 @@ test-slow: venv
 	$(BIN)/python -m pytest -q -m slow
 
 # Every registered SSL method after 3 CPU minutes (2 seeds): frozen-trunk nuclei PQ on held-apart
-# hand-drawn images + kNN; writes the table into benchmarks/README.md (about 2 h on 2 cores).
+# hand-drawn images + kNN; writes the table into benchmarks/README.md (about 4 h on 2 cores;
+# resumes from bench_out/all_methods/results.jsonl).
 bench-methods: venv
 	$(BIN)/python benchmarks/all_methods.py
 
