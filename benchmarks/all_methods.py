@@ -476,10 +476,11 @@ def fixes_report(rows: list[dict[str, Any]], variant: str, no_readme: bool, out:
     """The before/after table and loss curves (first common seed) of ``variant``."""
     panels: dict[str, list[tuple[str, Path]]] = {}
     for method in VARIANTS[variant]:
-        before = first_runs([r for r in rows if r["method"] == method and r.get("variant")])
+        ran = [r for r in rows if r["method"] == method and r.get("variant") == variant]
+        before = first_runs(ran)
         if method not in before:
             continue
-        seed = min(r["seed"] for r in rows if r["method"] == method and r.get("variant"))
+        seed = min(r["seed"] for r in ran)
         after = first_runs(
             [
                 r

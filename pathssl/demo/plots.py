@@ -105,6 +105,7 @@ def draw_curve(
         text(label, (x - cv2.getTextSize(label, font, fs, 1)[0][0] // 2, y1 + 18))
     cv2.rectangle(img, (x0, y0), (x1, y1), ink, 1)
     colours = (CURVE_RGB, *MORE_RGB)
+    legend_x = x1 - 36 - max(cv2.getTextSize(n, font, fs, 1)[0][0] for n, _, _ in series)
     for i, (name, sx, sy) in reversed(list(enumerate(series))):  # the first series on top
         colour = colours[i % len(colours)]
         if len(sx):
@@ -113,8 +114,7 @@ def draw_curve(
             if len(pts) == 1:  # a single record: a dot, not an invisible line
                 cv2.circle(img, (int(pts[0, 0]), int(pts[0, 1])), 4, colour, -1, cv2.LINE_AA)
         if len(series) > 1 and name:  # legend, top right inside the box
-            tw = max(cv2.getTextSize(n, font, fs, 1)[0][0] for n, _, _ in series)
-            lx, ly = x1 - tw - 36, y0 + 16 + 16 * i
+            lx, ly = legend_x, y0 + 16 + 16 * i
             cv2.line(img, (lx, ly - 4), (lx + 20, ly - 4), colour, 2, cv2.LINE_AA)
             text(name, (lx + 26, ly))
     if not len(xs):
