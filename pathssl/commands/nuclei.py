@@ -337,8 +337,8 @@ def is_metrics_file(path: Path) -> bool:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from pathssl.eval.report import to_json_ready, write_json
     from pathssl.nuclei.scores import nuclei_scores
-    from tiling.atomic import atomic_write
     from tiling.outputs import check_output_file
 
     if args.radius <= 0:
@@ -385,11 +385,10 @@ def _evaluate(args: argparse.Namespace) -> int:
                 f"(--pred {' '.join(args.pred)}, --true {' '.join(args.true)}); pair them in order"
             )
     scores = nuclei_scores(trues, preds, tissues, radius=args.radius)
-    text = json.dumps(scores, indent=2, default=float)
     if args.out:
-        atomic_write(args.out, text)
+        write_json(args.out, scores)
     else:
-        print(text)
+        print(json.dumps(to_json_ready(scores), indent=2, allow_nan=False))
     return 0
 
 

@@ -11,8 +11,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tiling.atomic import atomic_write
-
 SLIDE = "CMU-1-Small-Region.svs"  # the slide that is pretrained on and predicted
 SLIDE_ID = Path(SLIDE).stem
 STAGES = ("tiling", "augment", "pretrain", "knn", "nuclei", "predict")
@@ -45,11 +43,6 @@ OUTPUTS: dict[str, tuple[str, ...]] = {
 
 def record_path(out: Path, stage: str) -> Path:
     return Path(out) / "stages" / f"{stage}.json"
-
-
-def write_json(path: Path, obj: Any) -> Path:
-    """``obj`` as indented JSON (NaN kept as ``NaN``), written atomically."""
-    return atomic_write(path, json.dumps(obj, indent=2, default=float) + "\n")
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

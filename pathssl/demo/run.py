@@ -18,9 +18,9 @@ from pathssl.demo.layout import (
     read_json,
     record_path,
     stage_done,
-    write_json,
 )
 from pathssl.demo.report import write_report
+from pathssl.eval.report import write_json
 from tiling.outputs import check_output_dir
 
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"

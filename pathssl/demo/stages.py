@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pathssl.demo.layout import OUTPUTS, PRETRAIN_RUN, PREVIEW_PNG, SLIDE, SLIDE_ID, write_json
+from pathssl.demo.layout import OUTPUTS, PRETRAIN_RUN, PREVIEW_PNG, SLIDE, SLIDE_ID
+from pathssl.eval.report import write_json
 
 if TYPE_CHECKING:
     from pathssl.eval.config import EvalConfig

@@ -15,7 +15,6 @@ not depend on a particular metrics implementation; ``pathssl nuclei label-effici
 from __future__ import annotations
 
 import copy
-import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pathssl.data.sweep import fraction_subset, mean_sd, sweep_cells
+from pathssl.eval.report import write_json
 from pathssl.nuclei.config import NucleiConfig
 from pathssl.nuclei.data import LabelledImage, PanNukeFold, image_keys
 from pathssl.nuclei.postprocess import Instances
@@ -34,7 +34,7 @@ from pathssl.nuclei.splits import load_data, load_training_data, subset_labels
 from pathssl.nuclei.train import model_mpp, train_nuclei
 from pathssl.train.assemble import check_out_dir
 from pathssl.train.distributed import pick_device
-from tiling.atomic import atomic_path, atomic_write
+from tiling.atomic import atomic_path
 
 ScoreFn = Callable[[Sequence[LabelledImage], Sequence[Instances]], dict[str, Any]]
 
@@ -130,7 +130,7 @@ def run_label_efficiency(
         "summary": summary,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(out_dir / "label_efficiency.json", json.dumps(report, indent=2))
+    write_json(out_dir / "label_efficiency.json", report)
     curves = {m: [s[m]["mean"] for s in summary] for m in metrics}
     png = plot_curves(
         fracs, {m: [math.nan if v is None else v for v in c] for m, c in curves.items()}
@@ -239,7 +239,7 @@ def held_apart_scores(
                 part["classical"] = _binary(score_images(ims, cls))
             scores["per_source"][name] = part
     if out is not None:
-        atomic_write(out, json.dumps(scores, indent=2))
+        write_json(out, scores)
     return scores
 
 

@@ -25,7 +25,6 @@ Then :func:`start` resumes from ``out_dir/last.pt`` or starts fresh (loading ``i
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +49,8 @@ from pathssl.train.loop import (
     Validation,
 )
 from pathssl.train.optim import Schedule, build_optimizer, build_schedule, configure_groups
+from tiling.errors import OutputError
+from tiling.outputs import writable
 
 __all__ = [
     "assemble",
@@ -86,28 +87,15 @@ def configure_runtime(t: LoopConfig, device: torch.device) -> None:
 
 
 def check_out_dir(out_dir: str | Path, key: str = "train.out_dir") -> Path:
-    """Fail now, before any compute, when ``out_dir`` cannot be written: an existing folder
-    must take a file, a missing one needs its nearest existing parent to be a writable folder
-    (nothing is created here)."""
-    path = Path(out_dir)
-    todo = f"choose another folder with {key}=DIR"
-    if path.exists():
-        if not path.is_dir():
-            raise ConfigError(f"{key} {path} is a file, not a folder: {todo}")
-        probe = path / f".write-check-{os.getpid()}"
-        try:
-            probe.touch()
-            probe.unlink()
-        except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
-            raise ConfigError(f"{key} {path} is not writable ({reason}): {todo}") from None
-        return path
-    parent = path.absolute().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"{key} {path} cannot be created ({parent} is not writable): {todo}")
-    return path
+    """Fail now, before any compute, when ``out_dir`` cannot be written. The rule is the one
+    every writing command uses (:func:`tiling.outputs.writable`: the nearest existing folder
+    must be a writable folder; nothing is created here), raised as a :class:`ConfigError`
+    naming ``key``."""
+    try:
+        writable(out_dir, key)
+    except OutputError as exc:
+        raise ConfigError(str(exc), key) from None
+    return Path(out_dir)
 
 
 def build_optimization(
