@@ -464,8 +464,9 @@ def fixes_table(rows: list[dict[str, Any]], variant: str, notes: list[str]) -> s
         def col(rs: list[dict[str, Any]], key: str) -> str:
             return mean_sd([float(r[key]) for r in rs if r.get(key) is not None])
 
+        steps = "/".join(str(r["steps"]) for r in sorted(before, key=lambda r: r["seed"]))
         lines.append(
-            f"| {method} | {change} | {len(before)} | {before[0]['steps']} | {col(before, 'pq')} "
+            f"| {method} | {change} | {len(before)} | {steps} | {col(before, 'pq')} "
             f"| {col(after, 'pq')} | {col(before, 'knn')} | {col(after, 'knn')} "
             f"| {col(before, 'loss_last')} | {col(after, 'loss_last')} |"
         )
@@ -498,6 +499,8 @@ def fixes_report(rows: list[dict[str, Any]], variant: str, no_readme: bool, out:
         "Not shown by this protocol (same AdamW for every method, one process): Barlow Twins' "
         "parameter groups, DINO's weight decay schedule, MoCo v3's frozen patch projection "
         "(ViT only) and SyncBN; MoCo v2's queue after a skipped step (no step is skipped here).",
+        "MaskFeat's last loss is a regression error on HOG targets normalised per patch (before) "
+        "or per cell (after): different target scales, so the two levels do not compare.",
     ]
     if curves is not None:
         shown = curves.relative_to(REPO) if curves.is_relative_to(REPO) else curves
