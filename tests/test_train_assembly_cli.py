@@ -52,7 +52,7 @@ def test_pretrain_refuses_bad_runs_before_compute(
     afile = tmp_path / "afile"
     afile.write_text("keep")
     rc, err = pretrain(store, afile, capsys)
-    assert rc == 2 and f"train.out_dir {afile} is a file" in one_line(err)
+    assert rc == 2 and f"{afile} (train.out_dir): {afile} is a file" in one_line(err)
     assert afile.read_text() == "keep"
 
     out.mkdir()
