@@ -444,6 +444,19 @@ def update_readme(
     atomic_write(README, readme)
 
 
+def before_after(
+    rows: list[dict[str, Any]], method: str, variant: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``method``'s rows run as ``variant`` (before the fix) and its fixed rows of the same
+    seeds."""
+    before = [r for r in rows if r["method"] == method and r.get("variant") == variant]
+    seeds = {r["seed"] for r in before}
+    after = [
+        r for r in rows if r["method"] == method and not r.get("variant") and r["seed"] in seeds
+    ]
+    return before, after
+
+
 def fixes_table(rows: list[dict[str, Any]], variant: str, notes: list[str]) -> str:
     """Markdown: per method of ``variant``, the scores of its rows (before the fix) next to the
     fixed rows of the same seeds, mean ± sd over those seeds."""
@@ -453,11 +466,7 @@ def fixes_table(rows: list[dict[str, Any]], variant: str, notes: list[str]) -> s
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, (change, _) in VARIANTS[variant].items():
-        before = [r for r in rows if r["method"] == method and r.get("variant") == variant]
-        seeds = {r["seed"] for r in before}
-        after = [
-            r for r in rows if r["method"] == method and not r.get("variant") and r["seed"] in seeds
-        ]
+        before, after = before_after(rows, method, variant)
         if not before or not after:
             continue
 
@@ -477,19 +486,13 @@ def fixes_report(rows: list[dict[str, Any]], variant: str, no_readme: bool, out:
     """The before/after table and loss curves (first common seed) of ``variant``."""
     panels: dict[str, list[tuple[str, Path]]] = {}
     for method in VARIANTS[variant]:
-        ran = [r for r in rows if r["method"] == method and r.get("variant") == variant]
-        before = first_runs(ran)
-        if method not in before:
+        ran, fixed = before_after(rows, method, variant)
+        if not ran:
             continue
         seed = min(r["seed"] for r in ran)
-        after = first_runs(
-            [
-                r
-                for r in rows
-                if r["method"] == method and not r.get("variant") and r["seed"] == seed
-            ]
-        )
-        if method in after:
+        before = first_runs(ran)
+        after = first_runs([r for r in fixed if r["seed"] == seed])
+        if method in before and method in after:
             panels[method] = [("fixed", after[method]), ("before", before[method])]
     png = out / "fixes_loss.png" if no_readme else README.parent / "fixes_loss.png"
     curves = loss_grid(panels, png)

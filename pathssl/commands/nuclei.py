@@ -337,7 +337,7 @@ def is_metrics_file(path: Path) -> bool:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from pathssl.eval.report import to_json_ready, write_json
+    from pathssl.eval.report import json_text, write_json
     from pathssl.nuclei.scores import nuclei_scores
     from tiling.outputs import check_output_file
 
@@ -388,7 +388,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.out:
         write_json(args.out, scores)
     else:
-        print(json.dumps(to_json_ready(scores), indent=2, allow_nan=False))
+        print(json_text(scores), end="")
     return 0
 
 

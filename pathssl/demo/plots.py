@@ -96,13 +96,13 @@ def draw_curve(
         y = px(xlo, t)[1]
         cv2.line(img, (x0, y), (x1, y), grid, 1)
         cv2.line(img, (x0 - 4, y), (x0, y), ink, 1)
-        label = f"{t:.4g}"
-        text(label, (x0 - 8 - cv2.getTextSize(label, font, fs, 1)[0][0], y + 4))
+        tick = f"{t:.4g}"
+        text(tick, (x0 - 8 - cv2.getTextSize(tick, font, fs, 1)[0][0], y + 4))
     for t in nice_ticks(xlo, xhi):
         x = px(t, ylo)[0]
         cv2.line(img, (x, y1), (x, y1 + 4), ink, 1)
-        label = f"{t:g}"
-        text(label, (x - cv2.getTextSize(label, font, fs, 1)[0][0] // 2, y1 + 18))
+        tick = f"{t:g}"
+        text(tick, (x - cv2.getTextSize(tick, font, fs, 1)[0][0] // 2, y1 + 18))
     cv2.rectangle(img, (x0, y0), (x1, y1), ink, 1)
     colours = (CURVE_RGB, *MORE_RGB)
     legend_x = x1 - 36 - max(cv2.getTextSize(n, font, fs, 1)[0][0] for n, _, _ in series)

@@ -37,9 +37,14 @@ def to_json_ready(value: Any) -> Any:
     return value
 
 
+def json_text(data: dict[str, Any]) -> str:
+    """``data`` as indented, strict JSON text (:func:`to_json_ready`: NaN and inf as null)."""
+    return json.dumps(to_json_ready(data), indent=2, allow_nan=False) + "\n"
+
+
 def write_json(path: str | Path, data: dict[str, Any]) -> Path:
-    """Write ``data`` as indented, strict JSON (atomically, fsynced: :mod:`tiling.atomic`)."""
-    return atomic_write(path, json.dumps(to_json_ready(data), indent=2, allow_nan=False) + "\n")
+    """Write :func:`json_text` of ``data`` (atomically, fsynced: :mod:`tiling.atomic`)."""
+    return atomic_write(path, json_text(data))
 
 
 def confusion_image(
